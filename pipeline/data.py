@@ -1,0 +1,75 @@
+"""Model-input preparation and the tf.data training pipeline with augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from pipeline.formats import Sample
+from pipeline.masks import boxes_to_mask
+
+
+def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB uint8 image to the model's square input; the one resize used everywhere."""
+    interp = cv2.INTER_AREA if min(image.shape[:2]) >= size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def to_arrays(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N x s x s x 3, masks float32 N x s x s x 1).
+
+    Masks are resized by area, so a face smaller than a model pixel remains as a fractional
+    target instead of vanishing.
+    """
+    x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
+    y = [
+        cv2.resize(boxes_to_mask(s.boxes, s.height, s.width).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        for s in samples
+    ]
+    y = np.stack(y)[..., None] if y else np.zeros((0, size, size, 1), np.float32)
+    return x, y
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: dict | None, seed: int):
+    """Training dataset: repeated, shuffled, augmented, batched, prefetched; deterministic per seed.
+
+    Returns (dataset, steps_per_epoch). Augmentations use stateless ops with seeds drawn from
+    `tf.data.Dataset.random(seed)`, so two runs with the same seed see the same batches.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(max(len(x), 1), seed=seed)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda xy, s: _augment(xy[0], xy[1], s, augment), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    else:
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(len(x) / batch_size))
+
+
+def _augment(image, mask, seed, cfg: dict):
+    """Flip, random scale-and-crop (zooming in enlarges small faces), brightness and contrast."""
+    import tensorflow as tf
+
+    size = tf.shape(image)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
+    both = tf.concat([tf.cast(image, tf.float32), mask], axis=-1)
+    if cfg.get("flip", True):
+        both = tf.image.stateless_random_flip_left_right(both, seeds[0])
+    scale_min = float(cfg.get("scale_min", 1.0))
+    if scale_min < 1.0:
+        scale = tf.random.stateless_uniform([], seeds[1], scale_min, 1.0)
+        crop = tf.maximum(tf.cast(tf.cast(size, tf.float32) * scale, tf.int32), 8)
+        both = tf.image.stateless_random_crop(both, tf.stack([crop, crop, 4]), seeds[2])
+        both = tf.image.resize(both, tf.stack([size, size]), method="bilinear")
+    image, mask = both[..., :3], both[..., 3:]
+    if cfg.get("brightness", 0):
+        image = tf.image.stateless_random_brightness(image, 255.0 * float(cfg["brightness"]), seeds[3])
+    if cfg.get("contrast", 0):
+        c = float(cfg["contrast"])
+        image = tf.image.stateless_random_contrast(image, 1 - c, 1 + c, seeds[4])
+    return tf.clip_by_value(image, 0, 255), tf.clip_by_value(mask, 0, 1)

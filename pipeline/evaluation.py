@@ -1,0 +1,51 @@
+"""Threshold choice on val and the full evaluation on test, at each image's own resolution."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from pipeline.formats import Sample
+from pipeline.masks import boxes_to_mask, postprocess
+from pipeline.metrics import dice, evaluate_masks, pixel_counts
+
+
+def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int) -> pd.DataFrame:
+    """Mean dice and pooled pixel precision/recall per threshold (the val PR curve)."""
+    trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
+    rows = []
+    for t in thresholds:
+        masks = [postprocess(p, float(t), min_area)[0] for p in probs]
+        tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
+        rows.append({
+            "threshold": round(float(t), 4),
+            "dice": float(np.mean([dice(m, g) for m, g in zip(masks, trues)])),
+            "precision": float(tp / (tp + fp)) if tp + fp else 1.0,
+            "recall": float(tp / (tp + fn)) if tp + fn else 1.0,
+        })
+    return pd.DataFrame(rows)
+
+
+def choose_threshold(table: pd.DataFrame) -> float:
+    """The threshold with the best mean val dice (the lowest among ties)."""
+    return float(table.loc[table["dice"].idxmax(), "threshold"])
+
+
+def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int) -> tuple[dict, list]:
+    """Test metrics and the (mask, boxes) predictions they were computed from."""
+    preds = [postprocess(p, threshold, min_area) for p in probs]
+    trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
+    metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
+    return metrics, preds
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Hash of the evaluation images and boxes: versions are compared only on identical data."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.image_id):
+        h.update(s.image_id.encode())
+        h.update(np.ascontiguousarray(s.image).tobytes())
+        h.update(np.round(s.boxes, 2).astype(np.float32).tobytes())
+    return h.hexdigest()[:16]

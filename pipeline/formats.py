@@ -1,0 +1,223 @@
+"""Readers for face-box datasets and the normalised on-disk form every later stage reads.
+
+Every source yields `Sample`s: an RGB uint8 image and its face boxes as `[x1, y1, x2, y2]` in
+pixels. Input quirks are repaired and counted in a `Report`, never silently; malformed input
+raises `FormatError` naming the file, row and field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.io import atomic_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class FormatError(ValueError):
+    """Input that cannot be read as a face dataset; the message says where and why."""
+
+
+@dataclass
+class Sample:
+    image_id: str
+    image: np.ndarray  # H x W x 3, uint8, RGB
+    boxes: np.ndarray  # N x 4, float32, pixel x1 y1 x2 y2
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass
+class Report:
+    """What extraction repaired or dropped, by reason."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.counts[reason] += n
+
+
+def to_rgb(image: np.ndarray, where: str, report: Report) -> np.ndarray:
+    """RGB uint8 from grayscale, single-channel or RGBA input (alpha dropped)."""
+    if not isinstance(image, np.ndarray):
+        raise FormatError(f"{where}: image is {type(image).__name__}, expected a numpy array")
+    if image.dtype != np.uint8:
+        raise FormatError(f"{where}: image dtype is {image.dtype}, expected uint8")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        report.add("grayscale_to_rgb")
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        report.add("rgba_to_rgb")
+        image = image[:, :, :3]
+    elif not (image.ndim == 3 and image.shape[2] == 3):
+        raise FormatError(f"{where}: image shape {image.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise FormatError(f"{where}: image is empty ({image.shape})")
+    return np.ascontiguousarray(image)
+
+
+def repair_boxes(boxes: np.ndarray, width: int, height: int, report: Report) -> np.ndarray:
+    """Fix corner order, clip to the image, drop boxes left with no area; count each repair."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if len(boxes) == 0:
+        return boxes
+    swapped = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])
+    report.add("corner_order_fixed", int(swapped.sum()))
+    boxes = np.stack(
+        [
+            np.minimum(boxes[:, 0], boxes[:, 2]),
+            np.minimum(boxes[:, 1], boxes[:, 3]),
+            np.maximum(boxes[:, 0], boxes[:, 2]),
+            np.maximum(boxes[:, 1], boxes[:, 3]),
+        ],
+        axis=1,
+    )
+    clipped = np.stack(
+        [boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height), boxes[:, 2].clip(0, width), boxes[:, 3].clip(0, height)],
+        axis=1,
+    )
+    report.add("box_clipped", int((np.abs(clipped - boxes) > 1e-6).any(axis=1).sum()))
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    report.add("zero_area_box_dropped", int((~keep).sum()))
+    return clipped[keep]
+
+
+def read_images_npy(path: str | os.PathLike, report: Report) -> list[Sample]:
+    """The course layout: object array (N, 2) of [image, [{'points': [{x, y}, {x, y}], ...}]]."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as err:
+        raise FormatError(f"{path}: cannot be read as a .npy file: {err}") from err
+    if data.dtype != object or data.ndim != 2 or data.shape[1] != 2:
+        raise FormatError(
+            f"{path}: expected an object array of shape (N, 2) [image, faces], got dtype {data.dtype} shape {data.shape}"
+        )
+    samples = []
+    for i, (image, faces) in enumerate(data):
+        where = f"{path} row {i}"
+        image = to_rgb(image, f"{where} field 0 (image)", report)
+        h, w = image.shape[:2]
+        if faces is None:
+            faces = []
+        if not isinstance(faces, (list, tuple, np.ndarray)):
+            raise FormatError(f"{where} field 1 (faces): expected a list of dicts, got {type(faces).__name__}")
+        boxes = []
+        for j, face in enumerate(faces):
+            fwhere = f"{where} field 1 (faces) item {j}"
+            if not isinstance(face, dict) or "points" not in face:
+                raise FormatError(f"{fwhere}: missing 'points'")
+            points = face["points"]
+            try:
+                (p1, p2) = points
+                box = [float(p1["x"]) * w, float(p1["y"]) * h, float(p2["x"]) * w, float(p2["y"]) * h]
+            except (TypeError, ValueError, KeyError) as err:
+                raise FormatError(f"{fwhere} 'points': expected two {{'x', 'y'}} corners, got {points!r}") from err
+            if not np.all(np.isfinite(box)):
+                raise FormatError(f"{fwhere} 'points': not finite: {points!r}")
+            boxes.append(box)
+        samples.append(Sample(f"row{i:05d}", image, repair_boxes(np.array(boxes), w, h, report)))
+    return samples
+
+
+def read_yolo_folder(path: str | os.PathLike, report: Report) -> list[Sample]:
+    """`images/<name>.<ext>` with `labels/<name>.txt` lines `cls cx cy w h [...]`, normalised to 0..1."""
+    root = Path(path)
+    image_dir, label_dir = root / "images", root / "labels"
+    if not image_dir.is_dir():
+        raise FormatError(f"{root}: no images/ folder (expected images/ and labels/)")
+    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FormatError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    samples = []
+    for file in files:
+        image = read_image_file(file, report)
+        h, w = image.shape[:2]
+        label = label_dir / f"{file.stem}.txt"
+        boxes = []
+        if not label.exists():
+            report.add("missing_label_file_as_negative")
+        else:
+            for n, line in enumerate(label.read_text().splitlines(), start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                try:
+                    cx, cy, bw, bh = (float(v) for v in fields[1:5])
+                    if len(fields) < 5:
+                        raise ValueError("fewer than 5 fields")
+                except ValueError as err:
+                    raise FormatError(f"{label} line {n}: expected 'class cx cy w h', got {line!r} ({err})") from err
+                boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+        samples.append(Sample(file.stem, image, repair_boxes(np.array(boxes), w, h, report)))
+    return samples
+
+
+def read_image_file(file: Path, report: Report) -> np.ndarray:
+    data = np.fromfile(file, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise FormatError(f"{file}: not a readable image file")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        image = cv2.cvtColor(image, code)
+    return to_rgb(image, str(file), report)
+
+
+# --- the normalised form written by the extract stage -------------------------------------
+
+def write_dataset(samples: list[Sample], out_dir: str | os.PathLike, masks: list[np.ndarray]) -> None:
+    """images/<id>.png, masks/<id>.png, images.csv and boxes.csv, all replaced at once."""
+    with atomic_path(out_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        rows, box_rows = [], []
+        for sample, mask in zip(samples, masks, strict=True):
+            _write_png(tmp / "images" / f"{sample.image_id}.png", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+            _write_png(tmp / "masks" / f"{sample.image_id}.png", mask * 255)
+            rows.append({"image_id": sample.image_id, "width": sample.width, "height": sample.height, "n_faces": len(sample.boxes)})
+            box_rows += [{"image_id": sample.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for b in sample.boxes]
+        pd.DataFrame(rows).to_csv(tmp / "images.csv", index=False)
+        pd.DataFrame(box_rows, columns=["image_id", "x1", "y1", "x2", "y2"]).to_csv(tmp / "boxes.csv", index=False)
+
+
+def read_table(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, boxes) tables of an extracted dataset."""
+    data_dir = Path(data_dir)
+    return pd.read_csv(data_dir / "images.csv", dtype={"image_id": str}), pd.read_csv(data_dir / "boxes.csv", dtype={"image_id": str})
+
+
+def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None) -> list[Sample]:
+    """Samples of an extracted dataset, in `image_ids` order (all when None)."""
+    data_dir = Path(data_dir)
+    images, boxes = read_table(data_dir)
+    ids = list(images["image_id"]) if image_ids is None else list(image_ids)
+    by_id = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32) for k, g in boxes.groupby("image_id")}
+    samples = []
+    for image_id in ids:
+        image = cv2.imread(str(data_dir / "images" / f"{image_id}.png"), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FormatError(f"{data_dir}/images/{image_id}.png: missing or unreadable")
+        samples.append(Sample(image_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), by_id.get(image_id, np.zeros((0, 4), np.float32))))
+    return samples
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"could not write {path}")

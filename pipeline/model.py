@@ -1,0 +1,126 @@
+"""MobileNet encoder (ImageNet transfer learning) + U-Net decoder, built the Keras way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+# name -> (constructor, skip layers from 1/2 to 1/16 resolution, bottleneck at 1/32)
+ENCODERS = {
+    "mobilenet": (
+        keras.applications.MobileNet,
+        ["conv_pw_1_relu", "conv_pw_3_relu", "conv_pw_5_relu", "conv_pw_11_relu"],
+        "conv_pw_13_relu",
+    ),
+    "mobilenet_v2": (
+        keras.applications.MobileNetV2,
+        ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"],
+        "out_relu",
+    ),
+}
+
+
+class WeightsError(RuntimeError):
+    """Pretrained encoder weights could not be loaded; the message says how to provide them."""
+
+
+def build_encoder(backbone: str, input_size: int, alpha: float, weights: str | None) -> keras.Model:
+    """The encoder as a sub-model with outputs [skip_1/2, ..., skip_1/16, bottleneck_1/32].
+
+    `weights`: 'imagenet' (Keras cache/download), a path to a weights file, or None/'none'.
+    Failure to load is an error, never a silent fallback to random weights.
+    """
+    if backbone not in ENCODERS:
+        raise ValueError(f"model.backbone: unknown {backbone!r}; choose one of {sorted(ENCODERS)}")
+    constructor, skips, bottom = ENCODERS[backbone]
+    source = None if weights in (None, "none", "None", "") else str(weights)
+    if source not in (None, "imagenet") and not Path(source).is_file():
+        raise WeightsError(f"model.weights: file {source} does not exist; give the path of a Keras {backbone} "
+                           f"alpha={alpha} no-top .h5 weights file, 'imagenet' or 'none'")
+    try:
+        base = constructor(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=source)
+    except Exception as err:  # download errors, wrong file, alpha/shape mismatch
+        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+        raise WeightsError(
+            f"could not load {backbone} alpha={alpha} encoder weights from {source!r}: {err}\n"
+            f"Provide them by (a) setting model.weights to the path of the no-top .h5 file "
+            f"(e.g. ../shared/weights/mobilenet_2_5_224_tf_no_top.h5 for mobilenet alpha 0.25), "
+            f"(b) copying that file into {keras_home / 'models'} so weights: imagenet finds it offline, "
+            f"or (c) allowing network access for the Keras download. "
+            f"weights: none trains from random weights (only if you mean it)."
+        ) from err
+    outputs = [base.get_layer(name).output for name in [*skips, bottom]]
+    return keras.Model(base.input, outputs, name="encoder")
+
+
+def _conv_block(x, filters: int, name: str):
+    for i in (1, 2):
+        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sepconv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def build_unet(
+    input_size: int = 224,
+    backbone: str = "mobilenet",
+    alpha: float = 0.25,
+    weights: str | None = "imagenet",
+    decoder: str = "conv",
+    decoder_filters: tuple[int, ...] = (64, 48, 32, 24),
+    bn_momentum: float = 0.99,
+) -> keras.Model:
+    """U-Net: input RGB 0..255 (any float dtype) -> face probability per pixel, same size.
+
+    Normalisation to MobileNet's [-1, 1] is inside the model, so training and serving cannot
+    disagree on it. `decoder='conv'` puts two separable conv + BN + ReLU blocks after each skip
+    concatenation; `decoder='bare'` is the course recipe (upsample + concatenate only). The last
+    decoder block runs at 1/2 resolution and the logits are upsampled, which keeps the costly
+    full-resolution convolutions out of the model. `bn_momentum` is set on every BatchNorm layer:
+    Keras' 0.99 leaves the moving statistics far from the batch statistics after the few hundred
+    steps a small data set gives, and inference-mode predictions come out flat.
+    """
+    if input_size % 32:
+        raise ValueError(f"model.input_size must be a multiple of 32, got {input_size}")
+    if decoder not in ("conv", "bare"):
+        raise ValueError(f"model.decoder: unknown {decoder!r}; choose 'conv' or 'bare'")
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)
+    *skips, x = build_encoder(backbone, input_size, alpha, weights)(x)
+    for i, (skip, filters) in enumerate(zip(reversed(skips), decoder_filters, strict=True)):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}")(x)
+        x = layers.Concatenate(name=f"concat{i}")([x, skip])
+        if decoder == "conv":
+            x = _conv_block(x, filters, name=f"dec{i}")
+    x = layers.Conv2D(1, 1, name="logits")(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="up_full")(x)
+    outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(x)
+    model = keras.Model(inputs, outputs, name=f"unet_{backbone}_{alpha}")
+    for layer in [*model.get_layer("encoder").layers, *model.layers]:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    return model
+
+
+def set_trainable(model: keras.Model, trainable_layers: int | str) -> int:
+    """Freeze the encoder except its last `trainable_layers` layers ('all' or -1: none frozen).
+
+    Frozen BatchNormalization layers run in inference mode (Keras 3 semantics), keeping the
+    ImageNet statistics. The decoder always trains. Returns the number of trainable weights.
+    """
+    encoder = model.get_layer("encoder")
+    n = len(encoder.layers)
+    if trainable_layers in ("all", -1):
+        first = 0
+    else:
+        k = int(trainable_layers)
+        if k < 0:
+            raise ValueError(f"trainable_layers must be >= 0, 'all' or -1, got {trainable_layers}")
+        first = n - k
+    encoder.trainable = True
+    for i, layer in enumerate(encoder.layers):
+        layer.trainable = i >= first
+    return len(model.trainable_weights)

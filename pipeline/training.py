@@ -1,0 +1,79 @@
+"""Two-phase transfer-learning fit: frozen encoder warm-up, then optional fine-tuning."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline.data import make_dataset
+from pipeline.losses import dice, get_loss
+from pipeline.model import set_trainable
+
+
+class History(keras.callbacks.Callback):
+    """Per-epoch rows (with phase and training-only seconds) for the CSV that `dvc plots` draws."""
+
+    def __init__(self, phase: str, images_per_epoch: int):
+        super().__init__()
+        self.phase, self.images_per_epoch, self.rows = phase, images_per_epoch, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._train_s = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._train_s is None:
+            self._train_s = time.perf_counter() - self._t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        train_s = self._train_s if self._train_s is not None else time.perf_counter() - self._t0
+        row = {"epoch": epoch, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()}}
+        row.update(train_seconds=train_s, images_per_s=self.images_per_epoch / max(train_s, 1e-9))
+        self.rows.append(row)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Best val dice weights across all phases (EarlyStopping alone restores only within one fit)."""
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.weights = -np.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("val_dice", -np.inf) > self.best:
+            self.best, self.weights = logs["val_dice"], self.model.get_weights()
+
+
+def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
+    """(name, epochs, learning rate, trainable encoder layers) for each phase that runs."""
+    out = []
+    if int(cfg["epochs"]) > 0:
+        out.append(("frozen", int(cfg["epochs"]), float(cfg["lr"]), cfg["trainable_layers"]))
+    if int(cfg.get("finetune_epochs", 0)) > 0:
+        out.append(("finetune", int(cfg["finetune_epochs"]), float(cfg["finetune_lr"]), cfg["finetune_trainable_layers"]))
+    if not out:
+        raise ValueError("train.epochs and train.finetune_epochs are both 0: nothing to train")
+    return out
+
+
+def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
+        callbacks: list | None = None) -> pd.DataFrame:
+    """Train in phases with early stopping on val dice (best weights restored); return the history."""
+    ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]))
+    x_val, y_val = val[0].astype(np.float32), val[1]
+    rows, epoch, keep = [], 0, KeepBest()
+    for name, epochs, lr, trainable in phases(cfg):
+        set_trainable(model, trainable)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=get_loss(cfg["loss"]), metrics=[dice])
+        history = History(name, steps * int(cfg["batch_size"]))
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_dice", mode="max", patience=int(cfg["patience"]))
+        model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, stop, keep, *(callbacks or [])], verbose=2)
+        rows += history.rows
+        epoch += len(history.rows)
+    if keep.weights is not None:
+        model.set_weights(keep.weights)
+    return pd.DataFrame(rows)

@@ -1,0 +1,55 @@
+"""evaluate: threshold chosen on val; metrics on test at each image's own resolution."""
+
+import logging
+from pathlib import Path
+
+import cv2
+import keras
+import mlflow
+import numpy as np
+
+from pipeline.config import load_params
+from pipeline.evaluation import choose_threshold, evaluate, fingerprint, threshold_table
+from pipeline.inference import predict_probs
+from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.masks import overlay
+from pipeline.tracking import resume_run
+from stages.common import MODEL, RUN, split_samples
+
+METRICS, THRESHOLDS, CONFIG, GALLERY = "metrics/eval.json", "plots/thresholds.csv", "eval/serving_config.json", "eval/gallery"
+
+
+def main() -> None:
+    params = load_params()
+    cfg, size = params["evaluate"], int(params["model"]["input_size"])
+    model = keras.models.load_model(MODEL, compile=False)
+    val, test = split_samples("val"), split_samples("test")
+    flip = bool(cfg["flip_tta"])
+    min_area = int(cfg["min_area"])
+    predict = lambda samples: predict_probs(model, [s.image for s in samples], size, flip=flip)  # noqa: E731
+
+    table = threshold_table(predict(val), val, np.arange(*cfg["threshold_grid"]), min_area)
+    threshold = choose_threshold(table)
+    metrics, preds = evaluate(predict(test), test, threshold, min_area)
+    metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
+
+    write_csv(THRESHOLDS, table)
+    write_json(METRICS, metrics)
+    write_json(CONFIG, {"threshold": threshold, "min_area": min_area, "input_size": size, "flip_tta": flip,
+                        "test_fingerprint": metrics["test_fingerprint"], "test_dice": metrics["dice"]})
+    with atomic_path(GALLERY) as tmp:
+        tmp.mkdir()
+        for s, (mask, boxes) in list(zip(test, preds))[: int(cfg["gallery_size"])]:
+            cv2.imwrite(str(tmp / f"{s.image_id}.png"), cv2.cvtColor(overlay(s.image, mask, boxes, s.boxes), cv2.COLOR_RGB2BGR))
+
+    with resume_run(params, RUN):
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(THRESHOLDS, "plots")
+        mlflow.log_artifacts(GALLERY, "gallery")
+        mlflow.log_dict({"threshold": threshold}, "eval/threshold.json")
+    logging.info("evaluate: threshold %.2f, test dice %.4f, face recall %.3f", threshold, metrics["dice"], metrics["face_recall"])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    main()

@@ -1,0 +1,23 @@
+"""split: seeded, stratified train/val/test assignment written as a table."""
+
+import logging
+
+from pipeline.config import load_params
+from pipeline.formats import read_table
+from pipeline.io import write_csv
+from pipeline.split import split_dataset
+
+DATA_DIR, OUT = "data/extracted", "data/split.csv"
+
+
+def main() -> None:
+    cfg = load_params()["split"]
+    images, boxes = read_table(DATA_DIR)
+    table = split_dataset(images, boxes, val=cfg["val"], test=cfg["test"], seed=cfg["seed"])
+    write_csv(OUT, table)
+    logging.info("split: %s", table["split"].value_counts().to_dict())
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    main()
