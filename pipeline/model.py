@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
@@ -43,12 +42,13 @@ def build_encoder(backbone: str, input_size: int, alpha: float, weights: str | N
     try:
         base = constructor(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=source)
     except Exception as err:  # download errors, wrong file, alpha/shape mismatch
-        keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+        from keras.src.backend.config import keras_home  # $KERAS_HOME as Keras read it at import
+
         raise WeightsError(
             f"could not load {backbone} alpha={alpha} encoder weights from {source!r}: {err}\n"
             f"Provide them by (a) setting model.weights to the path of the no-top .h5 file "
             f"(e.g. ../shared/weights/mobilenet_2_5_224_tf_no_top.h5 for mobilenet alpha 0.25), "
-            f"(b) copying that file into {keras_home / 'models'} so weights: imagenet finds it offline, "
+            f"(b) copying that file into {Path(keras_home()) / 'models'} so weights: imagenet finds it offline, "
             f"or (c) allowing network access for the Keras download. "
             f"weights: none trains from random weights (only if you mean it)."
         ) from err

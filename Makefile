@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (pipeline on the embedded demo data) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+PORT ?= 5001
+
+.PHONY: run test serve ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstalled only when pyproject.toml changes, so a second `make run` takes seconds.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/dvc repro
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+serve: $(VENV)/.installed
+	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/mlflow models serve \
+		-m "models:/face-segmenter@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
+
+ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/mlartifacts -h 127.0.0.1 -p 5000
+
+clean:
+	rm -rf data/extracted data/split.csv models eval export

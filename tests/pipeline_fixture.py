@@ -1,0 +1,54 @@
+"""A temporary clone of the project running the real DVC pipeline on a tiny config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+TINY = {
+    "data": {"synthetic": {"n_images": 36, "min_size": 64, "max_size": 96, "max_faces": 3, "seed": 1}},
+    "model": {"input_size": 64, "decoder_filters": [16, 16, 8, 8]},
+    "train": {"epochs": 1, "finetune_epochs": 2, "batch_size": 8, "patience": 2},
+    "evaluate": {"gallery_size": 2},
+}
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    bin_dir = str(Path(sys.executable).parent)
+    out.update(PATH=f"{bin_dir}:{out.get('PATH', '')}", TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               DVC_NO_ANALYTICS="1")
+    return out
+
+
+def sh(cwd: Path, *cmd: str, timeout: int = 600) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result.stdout + result.stderr
+
+
+def make_clone(dest: Path, overrides: dict = TINY) -> Path:
+    """Copy the working tree's project files (no data, models, stores) and commit them."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if name.startswith(("metrics/", "plots/")) or name == "dvc.lock" or not (ROOT / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    from pipeline.config import deep_merge
+
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, overrides), sort_keys=False))
+    sh(dest, "git", "init", "-q", "-b", "main")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "tiny pipeline")
+    return dest

@@ -1,0 +1,112 @@
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.formats import FormatError, Report, load_samples, read_images_npy, read_yolo_folder, write_dataset
+from pipeline.masks import boxes_to_mask
+from tests.conftest import WIDERFACE, course_array, face
+
+
+def save(tmp_path, rows):
+    path = tmp_path / "images.npy"
+    np.save(path, course_array(rows), allow_pickle=True)
+    return path
+
+
+def test_course_layout_quirks_are_repaired_and_counted(tmp_path):
+    rgb = np.full((20, 40, 3), 100, np.uint8)
+    rgba = np.dstack([np.full((10, 10, 3), 7, np.uint8), np.full((10, 10), 255, np.uint8)])
+    gray = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    path = save(tmp_path, [
+        (rgb, [face(0.5, 0.5, 0.25, 0.25),          # corners swapped
+               face(-0.1, 0.0, 0.5, 1.2),           # past the image: clipped
+               face(0.3, 0.3, 0.3, 0.6)]),          # zero width: dropped
+        (rgba, [face(0.1, 0.1, 0.5, 0.5)]),
+        (gray, []),                                  # a negative: valid
+    ])
+    report = Report()
+    samples = read_images_npy(path, report)
+    assert [s.image.shape for s in samples] == [(20, 40, 3), (10, 10, 3), (10, 10, 3)]
+    np.testing.assert_allclose(samples[0].boxes, [[10, 5, 20, 10], [0, 0, 20, 20]])
+    np.testing.assert_array_equal(samples[1].image, 7)           # alpha dropped, colour kept
+    np.testing.assert_array_equal(samples[2].image[..., 1], gray)  # gray copied, not blanked
+    assert samples[2].boxes.shape == (0, 4)
+    assert report.counts == {"corner_order_fixed": 1, "box_clipped": 1, "zero_area_box_dropped": 1,
+                             "rgba_to_rgb": 1, "grayscale_to_rgb": 1}
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("not-object", "expected an object array of shape (N, 2)"),
+    ([(np.zeros((4, 4, 3), np.uint8), [{"label": ["Face"]}])], "row 0 field 1 (faces) item 0: missing 'points'"),
+    ([(np.zeros((4, 4, 3), np.uint8), [face(0, 0, 1, 1)]), (np.zeros((4, 4, 3), np.uint8), [{"points": [{"x": 0}]}])],
+     "row 1 field 1 (faces) item 0 'points'"),
+    ([(np.zeros((4, 4, 5), np.uint8), [])], "row 0 field 0 (image): image shape (4, 4, 5)"),
+    ([(np.zeros((4, 4, 3), np.float32), [])], "row 0 field 0 (image): image dtype is float32"),
+])
+def test_malformed_course_file_names_row_and_field(tmp_path, rows, message):
+    path = tmp_path / "images.npy"
+    if rows == "not-object":
+        np.save(path, np.zeros((3, 4)))
+    else:
+        np.save(path, course_array(rows), allow_pickle=True)
+    with pytest.raises(FormatError) as err:
+        read_images_npy(path, Report())
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_wrong_row_shape(tmp_path):
+    arr = np.empty((2, 3), dtype=object)
+    path = tmp_path / "x.npy"
+    np.save(path, arr, allow_pickle=True)
+    with pytest.raises(FormatError, match=r"shape \(2, 3\)"):
+        read_images_npy(path, Report())
+
+
+def test_yolo_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((50, 100, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "images" / "b.jpg"), np.zeros((10, 10), np.uint8))
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.4 -1 -1\n\n0 0.99 0.5 0.1 0.1\n")
+    report = Report()
+    a, b = read_yolo_folder(tmp_path, report)
+    np.testing.assert_allclose(a.boxes, [[40, 15, 60, 35], [94, 22.5, 100, 27.5]], atol=1e-4)
+    assert b.boxes.shape == (0, 4) and b.image.shape == (10, 10, 3)
+    assert report.counts == {"box_clipped": 1, "missing_label_file_as_negative": 1, "grayscale_to_rgb": 1}
+
+
+def test_yolo_errors_name_the_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images" / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(FormatError, match="bad.jpg: not a readable image file"):
+        read_yolo_folder(tmp_path, Report())
+    cv2.imwrite(str(tmp_path / "images" / "bad.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "labels" / "bad.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 oops 0.1\n")
+    with pytest.raises(FormatError, match=r"bad.txt line 2: expected 'class cx cy w h'"):
+        read_yolo_folder(tmp_path, Report())
+
+
+def test_dataset_round_trip(tmp_path):
+    path = save(tmp_path, [(np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8), [face(0.1, 0.2, 0.5, 0.6)]),
+                           (np.zeros((8, 8, 3), np.uint8), [])])
+    samples = read_images_npy(path, Report())
+    write_dataset(samples, tmp_path / "out", [boxes_to_mask(s.boxes, s.height, s.width) for s in samples])
+    loaded = load_samples(tmp_path / "out")
+    assert [s.image_id for s in loaded] == ["row00000", "row00001"]
+    np.testing.assert_array_equal(loaded[0].image, samples[0].image)
+    np.testing.assert_allclose(loaded[0].boxes, samples[0].boxes, atol=1e-4)
+    mask = cv2.imread(str(tmp_path / "out" / "masks" / "row00000.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.sum() == 255 * boxes_to_mask(samples[0].boxes, 12, 16).sum() > 0
+
+
+@pytest.mark.skipif(not WIDERFACE.exists(), reason="../shared/data/widerface-dev not present (it is in CI)")
+def test_real_course_file_and_yolo_folder_agree():
+    report = Report()
+    npy = read_images_npy(WIDERFACE / "images.npy", report)
+    assert len(npy) == 125 and all(s.image.shape[2] == 3 for s in npy)
+    assert report.counts["rgba_to_rgb"] == 3 and report.counts["grayscale_to_rgb"] == 1
+    assert npy[60].image.std() > 10  # the grayscale row is a real picture, not blank
+    yolo = read_yolo_folder(WIDERFACE, Report())
+    assert sum(len(s.boxes) for s in yolo) == sum(len(s.boxes) for s in npy)
+    assert abs(sum(len(s.boxes) for s in npy) - 2651) <= 5  # a few zero-area boxes may be dropped

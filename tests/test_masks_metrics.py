@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from pipeline.masks import boxes_to_mask, postprocess
+from pipeline.metrics import box_iou, dice, evaluate_masks, iou, match_boxes, size_bucket
+
+
+def test_boxes_to_mask_fills_pixel_centres():
+    mask = boxes_to_mask(np.array([[1, 1, 3, 4], [5.2, 0.1, 5.6, 0.4]]), 5, 7)
+    expected = np.zeros((5, 7), np.uint8)
+    expected[1:4, 1:3] = 1
+    expected[0, 5] = 1  # a sub-pixel face still marks one pixel
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_postprocess_components_boxes_scores_and_specks():
+    prob = np.zeros((10, 12), np.float32)
+    prob[1:4, 1:5] = 0.8   # 12 px face
+    prob[6:9, 7:11] = 0.6  # 12 px face
+    prob[8, 1] = 0.9       # 1 px speck
+    mask, boxes = postprocess(prob, 0.5, min_area=2)
+    np.testing.assert_allclose(boxes, [[1, 1, 5, 4, 0.8], [7, 6, 11, 9, 0.6]], atol=1e-6)
+    assert mask.sum() == 24 and mask[8, 1] == 0
+    mask, boxes = postprocess(prob, 0.7, min_area=0)
+    assert len(boxes) == 2 and mask.sum() == 13
+
+
+def test_dice_iou_by_hand():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2, :2] = True      # 4 px
+    b[:2, :3] = True      # 6 px, overlap 4
+    assert dice(a, b) == pytest.approx(0.8) and iou(a, b) == pytest.approx(4 / 6)
+    assert dice(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0 and dice(a, np.zeros((4, 4))) == 0.0
+
+
+def test_box_iou_and_matching():
+    true = np.array([[0, 0, 10, 10], [20, 20, 30, 30]])
+    pred = np.array([[0, 0, 10, 5, 0.9], [21, 21, 31, 31, 0.8], [50, 50, 60, 60, 0.7]])
+    np.testing.assert_allclose(box_iou(pred, true)[:2], [[0.5, 0], [0, 81 / 119]])
+    true_hit, pred_hit = match_boxes(pred, true, 0.5)
+    assert true_hit.tolist() == [True, True] and pred_hit.tolist() == [True, True, False]
+    assert size_bucket(np.array([[0, 0, 2, 2], [0, 0, 10, 10], [0, 0, 60, 60]]), 100, 100).tolist() == ["small", "medium", "large"]
+
+
+def test_evaluate_masks_pooled_and_face_level():
+    t1 = boxes_to_mask(np.array([[0, 0, 10, 10]]), 100, 100)
+    p1 = boxes_to_mask(np.array([[0, 0, 10, 5]]), 100, 100)
+    t2 = np.zeros((100, 100), np.uint8)
+    p2 = boxes_to_mask(np.array([[50, 50, 60, 60]]), 100, 100)
+    m = evaluate_masks([p1, p2], [np.array([[0, 0, 10, 5, 1.0]]), np.array([[50, 50, 60, 60, 1.0]])], [t1, t2],
+                       [np.array([[0, 0, 10, 10]]), np.zeros((0, 4))])
+    assert m["dice"] == pytest.approx((100 / 150 + 0) / 2)
+    assert m["pooled_dice"] == pytest.approx(2 * 50 / (2 * 50 + 100 + 50))
+    assert m["pixel_precision"] == pytest.approx(50 / 150) and m["pixel_recall"] == pytest.approx(0.5)
+    assert m["face_recall"] == 1.0 and m["face_precision"] == 0.5 and m["n_faces"] == 1
+    assert m["face_recall_medium"] == 1.0 and m["n_faces_small"] == 0

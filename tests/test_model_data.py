@@ -1,0 +1,129 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data import make_dataset, to_arrays
+from pipeline.formats import Sample
+from pipeline.losses import bce_dice_loss, dice, dice_loss
+from pipeline.model import WeightsError, build_unet, set_trainable
+from pipeline.split import split_dataset
+from tests.conftest import WEIGHTS
+
+
+def test_unet_shapes_and_trainable_layers():
+    model = build_unet(64, "mobilenet", 0.25, None, "conv", (16, 16, 8, 8), bn_momentum=0.9)
+    out = model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
+    assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
+    encoder = model.get_layer("encoder")
+    set_trainable(model, 6)
+    trainable = [layer.name for layer in encoder.layers if layer.trainable]
+    assert trainable == ["conv_dw_13", "conv_dw_13_bn", "conv_dw_13_relu", "conv_pw_13", "conv_pw_13_bn", "conv_pw_13_relu"]
+    frozen_bn = encoder.get_layer("conv_pw_12_bn")
+    assert not frozen_bn.trainable and frozen_bn.momentum == 0.9
+    n_partial = len(model.trainable_weights)
+    assert set_trainable(model, "all") > n_partial == set_trainable(model, 6)
+    assert model.get_layer("dec0_sepconv1").trainable
+
+
+def test_v2_and_bare_decoder():
+    model = build_unet(64, "mobilenet_v2", 0.35, None, "bare", (1, 1, 1, 1))
+    assert model.output_shape == (None, 64, 64, 1)
+    assert not any(isinstance(layer, keras.layers.SeparableConv2D) for layer in model.layers)
+
+
+def test_missing_weights_file_is_an_error_not_random_init(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_unet(64, weights=str(tmp_path / "nope.h5"))
+
+
+# Keras reads $KERAS_HOME once, at import: the 'imagenet' cache path is exercised in a subprocess.
+IMAGENET_CONV1 = """
+import sys, numpy as np
+from pipeline.model import WeightsError, build_unet
+try:
+    w = build_unet(96, weights="imagenet").get_layer("encoder").get_layer("conv1").get_weights()[0]
+except WeightsError as err:
+    sys.exit(f"WeightsError: {err}")
+np.save(sys.argv[1], w)
+"""
+
+
+def imagenet_in_subprocess(keras_home, out):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-c", IMAGENET_CONV1, str(out)], env=env, capture_output=True, text=True)
+
+
+def test_unloadable_imagenet_weights_say_how_to_provide_them(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"corrupt")
+    result = imagenet_in_subprocess(tmp_path, tmp_path / "w.npy")
+    assert result.returncode != 0 and not (tmp_path / "w.npy").exists()
+    assert "WeightsError" in result.stderr and "setting model.weights to the path" in result.stderr
+    assert str(tmp_path / "models") in result.stderr
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights not present (it is in CI)")
+def test_real_imagenet_weights_load_by_path_and_from_the_keras_cache(tmp_path):
+    with h5py.File(WEIGHTS) as f:
+        group = f["conv1"]["conv1"]
+        expected = np.asarray(group["kernel:0"] if "kernel:0" in group else group["kernel"])
+    by_path = build_unet(96, weights=str(WEIGHTS)).get_layer("encoder").get_layer("conv1").get_weights()[0]
+    np.testing.assert_allclose(by_path, expected)
+    (tmp_path / "models").mkdir()
+    shutil.copy(WEIGHTS, tmp_path / "models" / WEIGHTS.name)
+    result = imagenet_in_subprocess(tmp_path, tmp_path / "w.npy")
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "w.npy"), expected)
+
+
+def test_losses_per_image():
+    y = np.zeros((2, 4, 4, 1), np.float32)
+    y[0, :2, :2] = 1
+    p = y.copy()
+    assert np.allclose(dice_loss(y, p), [0, 0], atol=1e-6)
+    assert float(np.mean(dice(y, p))) == pytest.approx(1.0)
+    assert np.all(np.asarray(bce_dice_loss(y, 1 - p)) > 1)
+
+
+def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    y = np.zeros((4, 32, 32, 1), np.float32)
+    x[:, 4:12, 2:10] = 255  # the "face" is the bright patch
+    y[:, 4:12, 2:10] = 1
+    cfg = {"flip": True, "scale_min": 0.6, "brightness": 0.0, "contrast": 0.0}
+    a = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3)[0], range(4))]
+    b = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3)[0], range(4))]
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        bright = xa.numpy()[..., 0] > 127
+        face = ya.numpy()[..., 0] > 0.5
+        assert (bright == face).mean() > 0.97  # image and mask moved together
+    assert any(not np.array_equal(batch[1].numpy()[0], y[0]) for batch in a)  # something was augmented
+
+
+def test_to_arrays_keeps_tiny_faces_as_fractional_targets():
+    s = Sample("a", np.zeros((400, 400, 3), np.uint8), np.array([[10, 10, 12, 12]], np.float32))
+    _, y = to_arrays([s], 32)
+    assert y.shape == (1, 32, 32, 1) and 0 < y.sum() < 1
+
+
+def test_split_is_seeded_stratified_and_disjoint(rng):
+    n = 120
+    images = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "width": 100, "height": 100,
+                           "n_faces": rng.integers(0, 9, n)})
+    boxes = pd.DataFrame([{"image_id": r.image_id, "x1": 0, "y1": 0, "x2": s, "y2": s}
+                          for r in images.itertuples() for s in rng.integers(3, 40, r.n_faces)])
+    a = split_dataset(images, boxes, 0.15, 0.15, seed=1)
+    assert a.equals(split_dataset(images, boxes, 0.15, 0.15, seed=1))
+    assert not a.equals(split_dataset(images, boxes, 0.15, 0.15, seed=2))
+    assert a["split"].value_counts().to_dict() == {"train": 84, "val": 18, "test": 18}
+    faces = images.set_index("image_id").n_faces
+    by_split = a.assign(f=a.image_id.map(faces)).groupby("split").f.mean()
+    assert by_split.max() - by_split.min() < 1.5  # face counts balanced across splits

@@ -1,0 +1,80 @@
+"""The real pipeline: `dvc repro` and queued `dvc exp run` in a temporary clone, checked in MLflow."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.pipeline_fixture import make_clone, sh
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_clone(tmp_path_factory.mktemp("project"))
+    sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "pipeline outputs")
+    return root
+
+
+def client(root):
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_repro_tracks_one_run_and_registers_the_champion(project):
+    c = client(project)
+    runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["model.input_size"] == "64" and run.data.params["data.source"] == "synthetic"
+    assert run.data.tags["encoder_weights"].startswith("random init")
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    assert len(c.get_metric_history(run.info.run_id, "val_dice")) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert run.data.metrics["test_dice"] == pytest.approx(evaluation["dice"])
+    assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 5 and 0.1 <= evaluation["threshold"] <= 0.9
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "gallery")}
+    assert len(artifacts) == 2
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} >= {"plots/train_history.csv", "plots/thresholds.csv",
+                                                                             "plots/learning_curves.png"}
+    champion = c.get_model_version_by_alias("face-segmenter", "champion")
+    assert champion.run_id == run.info.run_id and int(champion.version) == 1
+    assert champion.tags["test_fingerprint"] == evaluation["test_fingerprint"]
+    registration = json.loads((project / "export/registration.json").read_text())
+    assert registration["alias"] == "champion" and registration["version"] == 1
+    extract = json.loads((project / "metrics/extract.json").read_text())
+    assert extract["n_images"] == 36 and extract["source"] == "synthetic"
+    split = pd.read_csv(project / "data/split.csv")
+    assert split["split"].value_counts().to_dict() == {"train": 26, "val": 5, "test": 5}
+
+
+def test_noop_repro_and_rerun_export_adds_no_version(project):
+    start = time.perf_counter()
+    out = sh(project, "dvc", "repro")
+    assert "up to date" in out and time.perf_counter() - start < 15
+    sh(project, "dvc", "repro", "--force", "--single-item", "export")
+    assert [int(v.version) for v in client(project).search_model_versions("name = 'face-segmenter'")] == [1]
+    assert "dice" in sh(project, "dvc", "metrics", "show")
+
+
+def test_queued_experiments_land_in_the_same_store(project):
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=0.003", "-S", "train.finetune_lr=0.003")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=0.001", "-S", "train.finetune_lr=0.001")
+    sh(project, "dvc", "exp", "run", "--run-all", timeout=900)
+    c = client(project)
+    runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
+    assert len(runs) == 3
+    queued = [r for r in runs if "dvc.exp_name" in r.data.tags]
+    assert sorted(r.data.params["train.lr"] for r in queued) == ["0.001", "0.003"]
+    assert all("test_dice" in r.data.metrics for r in queued)
+    versions = c.search_model_versions("name = 'face-segmenter'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    champion = c.get_model_version_by_alias("face-segmenter", "champion")
+    best = max(float(v.tags["test_dice"]) for v in versions)  # same test set: promotion keeps the best
+    assert float(champion.tags["test_dice"]) == best
+    assert len({v.tags["test_fingerprint"] for v in versions}) == 1
+    shown = sh(project, "dvc", "exp", "show", "--csv")
+    assert all(r.data.tags["dvc.exp_name"] in shown for r in queued)
+    assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
