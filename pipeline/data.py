@@ -32,40 +32,40 @@ def to_arrays(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: dict | None, seed: int):
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: dict | None, seed: int, crop_size: int | None = None):
     """Training dataset: repeated, shuffled, augmented, batched, prefetched; deterministic per seed.
 
-    Returns (dataset, steps_per_epoch). Augmentations use stateless ops with seeds drawn from
+    With `crop_size`, each example is a random zoomed crop of that side (cheaper steps than whole
+    images; the model is fully convolutional and predicts whole images). Returns (dataset,
+    steps_per_epoch). Augmentations use stateless ops with seeds drawn from
     `tf.data.Dataset.random(seed)`, so two runs with the same seed see the same batches.
     """
     import tensorflow as tf
 
+    out_size = int(crop_size or x.shape[1])
     ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(max(len(x), 1), seed=seed)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda xy, s: _augment(xy[0], xy[1], s, augment), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-    else:
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b))
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda xy, s: _augment(xy[0], xy[1], s, augment or {}, out_size), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(len(x) / batch_size))
 
 
-def _augment(image, mask, seed, cfg: dict):
-    """Flip, random scale-and-crop (zooming in enlarges small faces), brightness and contrast."""
+def _augment(image, mask, seed, cfg: dict, out_size: int):
+    """Flip, random zoom-and-crop to `out_size` (zoom > 1 enlarges small faces), brightness, contrast."""
     import tensorflow as tf
 
-    size = tf.shape(image)[0]
+    size = tf.cast(tf.shape(image)[0], tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
     both = tf.concat([tf.cast(image, tf.float32), mask], axis=-1)
-    if cfg.get("flip", True):
+    if cfg.get("flip", False):
         both = tf.image.stateless_random_flip_left_right(both, seeds[0])
-    scale_min = float(cfg.get("scale_min", 1.0))
-    if scale_min < 1.0:
-        scale = tf.random.stateless_uniform([], seeds[1], scale_min, 1.0)
-        crop = tf.maximum(tf.cast(tf.cast(size, tf.float32) * scale, tf.int32), 8)
-        both = tf.image.stateless_random_crop(both, tf.stack([crop, crop, 4]), seeds[2])
-        both = tf.image.resize(both, tf.stack([size, size]), method="bilinear")
+    zoom_min, zoom_max = cfg.get("zoom", [1.0, 1.0])
+    zoom = tf.random.stateless_uniform([], seeds[1], float(zoom_min), float(zoom_max) + 1e-6)
+    crop = tf.cast(tf.clip_by_value(tf.round(out_size / zoom), 8.0, size), tf.int32)  # side in source pixels
+    both = tf.image.stateless_random_crop(both, tf.stack([crop, crop, 4]), seeds[2])
+    both = tf.image.resize(both, [out_size, out_size], method="bilinear")
     image, mask = both[..., :3], both[..., 3:]
     if cfg.get("brightness", 0):
         image = tf.image.stateless_random_brightness(image, 255.0 * float(cfg["brightness"]), seeds[3])

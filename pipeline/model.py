@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
 # name -> (constructor, skip layers from 1/2 to 1/16 resolution, bottleneck at 1/32)
 ENCODERS = {
@@ -26,7 +28,7 @@ class WeightsError(RuntimeError):
     """Pretrained encoder weights could not be loaded; the message says how to provide them."""
 
 
-def build_encoder(backbone: str, input_size: int, alpha: float, weights: str | None) -> keras.Model:
+def build_encoder(backbone: str, alpha: float, weights: str | None) -> keras.Model:
     """The encoder as a sub-model with outputs [skip_1/2, ..., skip_1/16, bottleneck_1/32].
 
     `weights`: 'imagenet' (Keras cache/download), a path to a weights file, or None/'none'.
@@ -40,7 +42,9 @@ def build_encoder(backbone: str, input_size: int, alpha: float, weights: str | N
         raise WeightsError(f"model.weights: file {source} does not exist; give the path of a Keras {backbone} "
                            f"alpha={alpha} no-top .h5 weights file, 'imagenet' or 'none'")
     try:
-        base = constructor(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=source)
+        with warnings.catch_warnings():  # "input shape undefined: loading the 224 weights" is what we want
+            warnings.simplefilter("ignore", UserWarning)
+            base = constructor(input_shape=(None, None, 3), alpha=alpha, include_top=False, weights=source)
     except Exception as err:  # download errors, wrong file, alpha/shape mismatch
         from keras.src.backend.config import keras_home  # $KERAS_HOME as Keras read it at import
 
@@ -56,6 +60,35 @@ def build_encoder(backbone: str, input_size: int, alpha: float, weights: str | N
     return keras.Model(base.input, outputs, name="encoder")
 
 
+@keras.saving.register_keras_serializable(package="facemask")
+class BilinearUpsample2x(layers.Layer):
+    """Bilinear x2 upsampling that works on inputs of any size, on any backend.
+
+    A fixed 4x4 transposed-convolution kernel per channel equals half-pixel bilinear resizing;
+    Keras' UpSampling2D(interpolation='bilinear') cannot take unknown spatial sizes. Used on the
+    one-channel logits, where a dense per-channel kernel is cheap.
+    """
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        k = np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25])
+        kernel = np.zeros((4, 4, channels, channels), np.float32)
+        for c in range(channels):
+            kernel[:, :, c, c] = k
+        self.kernel = self.add_weight(shape=kernel.shape, initializer=keras.initializers.Constant(kernel),
+                                      trainable=False, name="kernel")
+
+    def call(self, x):
+        h, w = ops.shape(x)[1], ops.shape(x)[2]
+        padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="symmetric")  # edge pixels, as resize does
+        out = ops.conv_transpose(padded, self.kernel, strides=2, padding="same")
+        return out[:, 2 : 2 + 2 * h, 2 : 2 + 2 * w, :]
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+
 def _conv_block(x, filters: int, name: str):
     for i in (1, 2):
         x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sepconv{i}")(x)
@@ -65,7 +98,6 @@ def _conv_block(x, filters: int, name: str):
 
 
 def build_unet(
-    input_size: int = 224,
     backbone: str = "mobilenet",
     alpha: float = 0.25,
     weights: str | None = "imagenet",
@@ -73,7 +105,9 @@ def build_unet(
     decoder_filters: tuple[int, ...] = (64, 48, 32, 24),
     bn_momentum: float = 0.99,
 ) -> keras.Model:
-    """U-Net: input RGB 0..255 (any float dtype) -> face probability per pixel, same size.
+    """U-Net: RGB 0..255 image (sides multiples of 32) -> face probability per pixel, same size.
+
+    Fully convolutional: it trains on crops and predicts on whole images at another size.
 
     Normalisation to MobileNet's [-1, 1] is inside the model, so training and serving cannot
     disagree on it. `decoder='conv'` puts two separable conv + BN + ReLU blocks after each skip
@@ -83,20 +117,18 @@ def build_unet(
     Keras' 0.99 leaves the moving statistics far from the batch statistics after the few hundred
     steps a small data set gives, and inference-mode predictions come out flat.
     """
-    if input_size % 32:
-        raise ValueError(f"model.input_size must be a multiple of 32, got {input_size}")
     if decoder not in ("conv", "bare"):
         raise ValueError(f"model.decoder: unknown {decoder!r}; choose 'conv' or 'bare'")
-    inputs = keras.Input((input_size, input_size, 3), name="image")
+    inputs = keras.Input((None, None, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)
-    *skips, x = build_encoder(backbone, input_size, alpha, weights)(x)
+    *skips, x = build_encoder(backbone, alpha, weights)(x)
     for i, (skip, filters) in enumerate(zip(reversed(skips), decoder_filters, strict=True)):
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}")(x)
+        x = layers.UpSampling2D(2, name=f"up{i}")(x)
         x = layers.Concatenate(name=f"concat{i}")([x, skip])
         if decoder == "conv":
             x = _conv_block(x, filters, name=f"dec{i}")
     x = layers.Conv2D(1, 1, name="logits")(x)
-    x = layers.UpSampling2D(2, interpolation="bilinear", name="up_full")(x)
+    x = BilinearUpsample2x(name="up_full")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(x)
     model = keras.Model(inputs, outputs, name=f"unet_{backbone}_{alpha}")
     for layer in [*model.get_layer("encoder").layers, *model.layers]:
@@ -124,3 +156,8 @@ def set_trainable(model: keras.Model, trainable_layers: int | str) -> int:
     for i, layer in enumerate(encoder.layers):
         layer.trainable = i >= first
     return len(model.trainable_weights)
+
+
+def load_model(path) -> keras.Model:
+    """Load a saved U-Net for inference (this module registers its custom layer)."""
+    return keras.models.load_model(path, compile=False)

@@ -126,9 +126,9 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
     """Loads the Keras model once; per request only decode, predict and postprocess."""
 
     def load_context(self, context):
-        import keras
+        from pipeline.model import load_model
 
-        self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+        self.model = load_model(context.artifacts["keras_model"])
         with open(context.artifacts["config"]) as fh:
             self.config = json.load(fh)
         self.limits = {**DEFAULT_LIMITS, **self.config.get("limits", {})}

@@ -61,7 +61,8 @@ def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
         callbacks: list | None = None) -> pd.DataFrame:
     """Train in phases with early stopping on val dice (best weights restored); return the history."""
-    ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]))
+    ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
+                           crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
     rows, epoch, keep = [], 0, KeepBest()
     for name, epochs, lr, trainable in phases(cfg):

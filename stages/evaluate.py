@@ -4,13 +4,13 @@ import logging
 from pathlib import Path
 
 import cv2
-import keras
 import mlflow
 import numpy as np
 
 from pipeline.config import load_params
 from pipeline.evaluation import choose_threshold, evaluate, fingerprint, threshold_table
 from pipeline.inference import predict_probs
+from pipeline.model import load_model
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.masks import overlay
 from pipeline.tracking import resume_run
@@ -22,7 +22,7 @@ METRICS, THRESHOLDS, CONFIG, GALLERY = "metrics/eval.json", "plots/thresholds.cs
 def main() -> None:
     params = load_params()
     cfg, size = params["evaluate"], int(params["model"]["input_size"])
-    model = keras.models.load_model(MODEL, compile=False)
+    model = load_model(MODEL)
     val, test = split_samples("val"), split_samples("test")
     flip = bool(cfg["flip_tta"])
     min_area = int(cfg["min_area"])

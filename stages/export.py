@@ -5,12 +5,12 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-import keras
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_params
+from pipeline.model import load_model
 from pipeline.io import read_json, write_json
 from pipeline.registry import find_version, log_pyfunc, promote, register
 from pipeline.serving import encode_image, predict_images
@@ -24,7 +24,7 @@ REQUIREMENTS = ["tensorflow", "keras", "mlflow", "opencv-python-headless", "pand
 
 def log_and_register(client: MlflowClient, name: str, run_id: str, config: dict):
     """Log the pyfunc into the active run and register it as a new version of `name`."""
-    model = keras.models.load_model(MODEL, compile=False)
+    model = load_model(MODEL)
     image = split_samples("test")[0].image
     example = pd.DataFrame({"image": [encode_image(image, ".jpg")]})
     output = predict_images(model, [image], config, config["threshold"], config["min_area"])

@@ -24,10 +24,13 @@ def main() -> None:
     keras.utils.set_random_seed(int(tcfg["seed"]))
     tf.config.experimental.enable_op_determinism()
     size = int(mcfg["input_size"])
+    for key, value in (("model.input_size", size), ("train.crop_size", tcfg.get("crop_size") or size)):
+        if int(value) % 32:
+            raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
     train, val = to_arrays(split_samples("train"), size), to_arrays(split_samples("val"), size)
     weights = mcfg["weights"]
     weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
-    model = build_unet(size, mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"],
+    model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"],
                        tuple(mcfg["decoder_filters"]), float(mcfg["bn_momentum"]))
 
     with new_run(params, RUN):
