@@ -28,3 +28,15 @@ def course_array(rows) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A temporary clone with the tiny pipeline run once by the real `dvc repro` (shared by modules)."""
+    from tests.pipeline_fixture import make_clone, sh
+
+    root = make_clone(tmp_path_factory.mktemp("project"))
+    sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "pipeline outputs")
+    return root

@@ -13,9 +13,9 @@ import yaml
 from tests.conftest import ROOT
 
 TINY = {
-    "data": {"synthetic": {"n_images": 36, "min_size": 64, "max_size": 96, "max_faces": 3, "seed": 1}},
+    "data": {"synthetic": {"n_images": 48, "min_size": 64, "max_size": 96, "max_faces": 3, "seed": 1}},
     "model": {"input_size": 64, "decoder_filters": [16, 16, 8, 8]},
-    "train": {"epochs": 1, "finetune_epochs": 2, "batch_size": 8, "patience": 2},
+    "train": {"epochs": 1, "finetune_epochs": 12, "finetune_lr": 0.004, "batch_size": 8, "patience": 12},
     "evaluate": {"gallery_size": 2},
 }
 
@@ -52,3 +52,9 @@ def make_clone(dest: Path, overrides: dict = TINY) -> Path:
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "tiny pipeline")
     return dest
+
+
+def client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")

@@ -5,22 +5,8 @@ import time
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.pipeline_fixture import make_clone, sh
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = make_clone(tmp_path_factory.mktemp("project"))
-    sh(root, "dvc", "repro")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "pipeline outputs")
-    return root
-
-
-def client(root):
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+from tests.pipeline_fixture import client, sh
 
 
 def test_repro_tracks_one_run_and_registers_the_champion(project):

@@ -1,0 +1,173 @@
+"""The registered champion served by a real `mlflow models serve` process on 127.0.0.1."""
+
+import base64
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from pipeline.client import decode_mask, request_body
+from pipeline.serving import encode_image
+from pipeline.server import scoring_server
+from pipeline.synthetic import generate
+from tests.conftest import WIDERFACE
+from tests.pipeline_fixture import env
+
+MODEL = "models:/face-segmenter@champion"
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with scoring_server(MODEL, f"sqlite:///{project / 'mlflow.db'}", log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def local_model(project):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.pyfunc.load_model(MODEL)
+
+
+def post(url, body):
+    return requests.post(f"{url}/invocations", json=body, timeout=120)
+
+
+def good_images():
+    """Synthetic scenes as JPEG and PNG, an RGBA PNG and a grayscale JPEG, plus real photos if present."""
+    scenes = generate(4, 80, 160, 3, seed=99)
+    images = [(s.image, ".jpg") for s in scenes[:2]] + [(s.image, ".png") for s in scenes[2:]]
+    rgba = np.dstack([scenes[0].image, np.full(scenes[0].image.shape[:2], 255, np.uint8)])
+    out = [(encode_image(im, ext), im.shape[:2], s.boxes) for (im, ext), s in zip(images, scenes)]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    out.append((base64.b64encode(png.tobytes()).decode(), rgba.shape[:2], scenes[0].boxes))
+    gray = cv2.cvtColor(scenes[1].image, cv2.COLOR_RGB2GRAY)
+    out.append((encode_image(gray, ".jpg"), gray.shape, scenes[1].boxes))
+    if WIDERFACE.exists():
+        for f in sorted((WIDERFACE / "images").iterdir())[:2]:
+            out.append((base64.b64encode(f.read_bytes()).decode(), (416, 416), None))
+    return out
+
+
+def test_served_masks_and_boxes_match_the_contract_and_in_process_predict(server, local_model):
+    images = good_images()
+    response = post(server, request_body([b for b, _, _ in images], None))
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json()["predictions"])
+    assert len(served) == len(images)
+    local = local_model.predict(pd.DataFrame({"image": [b for b, _, _ in images]}))
+    for (b64, (h, w), _), row, ref in zip(images, served.itertuples(), local.itertuples()):
+        mask = decode_mask(row.mask)
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        boxes = json.loads(row.boxes)
+        assert row.n_faces == len(boxes)
+        for x1, y1, x2, y2, score in boxes:
+            assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and 0 <= score <= 1
+            assert mask[y1:y2, x1:x2].any()
+        np.testing.assert_array_equal(mask, decode_mask(ref.mask))  # HTTP adds nothing, loses nothing
+        assert row.boxes == ref.boxes
+
+
+def test_boxes_fall_on_faces(server):
+    """The tiny model is weak, but its mask must sit on the faces far more than chance would."""
+    scenes = generate(12, 64, 96, 3, seed=5)
+    response = post(server, request_body([encode_image(s.image) for s in scenes], None))
+    assert response.status_code == 200
+    inside = total = 0
+    coverage = []
+    from pipeline.masks import boxes_to_mask
+
+    for s, row in zip(scenes, response.json()["predictions"]):
+        truth = boxes_to_mask(s.boxes, s.height, s.width).astype(bool)
+        mask = decode_mask(row["mask"]) > 0
+        inside, total = inside + (mask & truth).sum(), total + mask.sum()
+        coverage.append(truth.mean())
+    assert total > 0 and inside / total > 1.5 * np.mean(coverage)
+
+
+def test_threshold_param_changes_the_mask(server):
+    b64 = encode_image(generate(1, 96, 96, 3, seed=3)[0].image)
+    low = post(server, request_body([b64], 0.01)).json()["predictions"][0]
+    high = post(server, request_body([b64], 0.99)).json()["predictions"][0]
+    assert (decode_mask(low["mask"]) > 0).sum() > (decode_mask(high["mask"]) > 0).sum()
+
+
+def _bad_inputs():
+    good = encode_image(generate(1, 64, 64, 1, seed=1)[0].image, ".jpg")
+    jpeg = base64.b64decode(good)
+    huge = encode_image(np.zeros((8, 4100, 3), np.uint8))
+    one_px = encode_image(np.zeros((1, 1, 3), np.uint8))
+    frame = lambda values: {"dataframe_split": {"columns": ["image"], "data": [[v] for v in values]}}  # noqa: E731
+    return {
+        "missing image column": ({"dataframe_split": {"columns": ["photo"], "data": [[good]]}}, "image"),
+        "not base64": (frame([good, "@@not base64@@"]), "image 1: not valid base64"),
+        "not an image": (frame([base64.b64encode(b"hello world, no pixels here").decode()]), "image 0: bytes are not a JPEG or PNG"),
+        "truncated jpeg": (frame([base64.b64encode(jpeg[: len(jpeg) // 2]).decode()]), "image 0: JPEG data is truncated"),
+        "empty image": (frame([""]), "image 0: expected a non-empty base64 string"),
+        "one pixel": (frame([one_px]), "image 0: image 1x1 is smaller than the minimum side"),
+        "too large": (frame([huge]), "image 0: image 4100x8 is larger than the limit 4096x4096"),
+        "wrong param type": ({**frame([good]), "params": {"threshold": "high"}}, "threshold"),
+        "threshold out of range": ({**frame([good]), "params": {"threshold": 3}}, "param 'threshold' must be between 0 and 1"),
+        "empty batch": (frame([]), "empty batch"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+def test_bad_input_is_a_clear_400_and_the_server_keeps_serving(server, case):
+    body, message = _bad_inputs()[case]
+    response = post(server, body)
+    assert response.status_code == 400, (response.status_code, response.text[:500])
+    assert message in response.json()["message"]
+    assert "Traceback" not in response.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def test_one_bad_image_rejects_the_batch_naming_every_bad_index(server):
+    good = encode_image(generate(1, 64, 64, 1, seed=1)[0].image)
+    body = request_body([good, "%%%", good, base64.b64encode(b"xx").decode()], None)
+    response = post(server, body)
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "2 of 4 images are invalid" in message and "image 1:" in message and "image 3:" in message
+
+
+def test_200_requests_from_8_concurrent_clients(server):
+    body = request_body([encode_image(s.image, ".jpg") for s in generate(2, 96, 128, 3, seed=8)], None)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: post(server, body).status_code, range(200)))
+    assert codes == [200] * 200
+
+
+def test_client_cli_over_http_writes_overlays(server, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, s in enumerate(generate(3, 80, 120, 2, seed=4)):
+        cv2.imwrite(str(folder / f"p{i}.jpg"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(folder), "--url", server,
+                          "--out", str(tmp_path / "overlays")], capture_output=True, text=True, env=env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["image"].rsplit("/", 1)[1] for line in lines] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert all(line["n_faces"] == len(line["boxes"]) for line in lines)
+    for i in range(3):
+        drawn = cv2.imread(str(tmp_path / "overlays" / f"p{i}.png"))
+        assert drawn.shape == cv2.imread(str(folder / f"p{i}.jpg")).shape
+
+
+def test_mlflow_models_predict_with_the_logged_serving_input_example(project, tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    example = mlflow.artifacts.download_artifacts(f"{MODEL}/serving_input_example.json", dst_path=str(tmp_path))
+    out = subprocess.run([str(__import__("pathlib").Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", MODEL,
+                          "-i", example, "-t", "json", "--env-manager", "local", "-o", str(tmp_path / "out.json")],
+                         capture_output=True, text=True, env={**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert len(predictions) == 1 and {"mask", "boxes", "n_faces"} <= set(predictions[0])
