@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.formats import Sample
+from pipeline.inference import predict_probs
 from pipeline.masks import boxes_to_mask, postprocess
 from pipeline.metrics import dice, evaluate_masks, pixel_counts
 
@@ -49,3 +50,18 @@ def fingerprint(samples: list[Sample]) -> str:
         h.update(np.ascontiguousarray(s.image).tobytes())
         h.update(np.round(s.boxes, 2).astype(np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, input_size: int):
+    """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
+
+    Shared by the evaluate stage and the cross-validation benchmark. The test split is used
+    only here, after every choice has been made on val.
+    """
+    flip, min_area = bool(cfg["flip_tta"]), int(cfg["min_area"])
+    probs = lambda samples: predict_probs(model, [s.image for s in samples], input_size, flip=flip)  # noqa: E731
+    table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area)
+    threshold = choose_threshold(table)
+    metrics, preds = evaluate(probs(test), test, threshold, min_area)
+    metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
+    return metrics, table, preds

@@ -36,7 +36,14 @@ def focal_dice_loss(y_true, y_pred):
     return focal + dice_loss(y_true, y_pred)
 
 
-LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "focal_dice": focal_dice_loss}
+@keras.saving.register_keras_serializable(package="facemask")
+def bce_logdice_loss(y_true, y_pred):
+    """BCE - log(dice): the course notebooks' loss, kept for the baseline preset."""
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
+    return bce - ops.log(_per_image(y_true, y_pred, smooth=1.0))
+
+
+LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "focal_dice": focal_dice_loss, "bce_logdice": bce_logdice_loss}
 
 
 @keras.saving.register_keras_serializable(package="facemask")

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,18 @@ def _mergeable(labels: pd.Series, min_count: int) -> pd.Series:
 
 def split_dataset(images: pd.DataFrame, boxes: pd.DataFrame, val: float, test: float, seed: int) -> pd.DataFrame:
     """Table image_id, split ('train' | 'val' | 'test'), stratum."""
-    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        raise ValueError(f"split fractions must be in (0, 1) with val + test < 1: val={val}, test={test}")
+    if not (0 < val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"split fractions must be val in (0, 1), test in [0, 1), val + test < 1: val={val}, test={test}")
     labels = strata(images, boxes)
     n = len(labels)
-    n_test, n_val = max(1, round(n * test)), max(1, round(n * val))
+    n_test, n_val = (max(1, round(n * test)) if test else 0), max(1, round(n * val))
     if n - n_test - n_val < 1:
         raise ValueError(f"{n} images are too few for val={val}, test={test}")
     ids = labels.index.to_numpy()
     strat = _mergeable(labels, 3)
-    rest, test_ids = train_test_split(ids, test_size=n_test, random_state=seed, stratify=_stratify(strat, ids, n_test))
+    rest, test_ids = ids, ids[:0]
+    if n_test:
+        rest, test_ids = train_test_split(ids, test_size=n_test, random_state=seed, stratify=_stratify(strat, ids, n_test))
     train_ids, val_ids = train_test_split(rest, test_size=n_val, random_state=seed, stratify=_stratify(strat, rest, n_val))
     split = pd.Series("train", index=labels.index)
     split[val_ids], split[test_ids] = "val", "test"
@@ -57,3 +59,12 @@ def _stratify(labels: pd.Series, ids: np.ndarray, n_out: int) -> np.ndarray | No
         log.warning("split: %d images in %d strata are too few to stratify a part of %d; shuffling unstratified", len(ids), len(counts), n_out)
         return None
     return sub.to_numpy()
+
+
+def kfold(images: pd.DataFrame, boxes: pd.DataFrame, k: int, seed: int) -> pd.Series:
+    """Fold number (0..k-1) per image_id, stratified like the split: every image is tested once."""
+    labels = _mergeable(strata(images, boxes), k)
+    folds = pd.Series(-1, index=labels.index)
+    for fold, (_, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, labels)):
+        folds.iloc[test] = fold
+    return folds

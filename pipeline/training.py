@@ -8,9 +8,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.data import make_dataset
+from pipeline.config import resolve_path
+from pipeline.data import make_dataset, to_arrays
+from pipeline.formats import Sample
 from pipeline.losses import dice, get_loss
-from pipeline.model import set_trainable
+from pipeline.model import build_unet, set_trainable
 
 
 class History(keras.callbacks.Callback):
@@ -78,3 +80,28 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     if keep.weights is not None:
         model.set_weights(keep.weights)
     return pd.DataFrame(rows)
+
+
+def train_from_params(params: dict, train: list[Sample], val: list[Sample], callbacks: list | None = None):
+    """Seed, build the U-Net the params describe and fit it: (model, history). Shared by the train
+    stage and the cross-validation benchmark, so both train exactly the same way."""
+    import tensorflow as tf
+
+    mcfg, tcfg = params["model"], params["train"]
+    size = int(mcfg["input_size"])
+    for key, value in (("model.input_size", size), ("train.crop_size", tcfg.get("crop_size") or size)):
+        if int(value) % 32:
+            raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
+    keras.utils.set_random_seed(int(tcfg["seed"]))
+    tf.config.experimental.enable_op_determinism()
+    weights = mcfg["weights"]
+    weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
+    model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
+                       float(mcfg["bn_momentum"]))
+    history = fit(model, to_arrays(train, size), to_arrays(val, size), tcfg, callbacks)
+    return model, history
+
+
+def encoder_weights_note(params: dict) -> str:
+    weights = params["model"]["weights"]
+    return "random init (model.weights: none)" if weights in (None, "none") else f"pretrained: {weights}"

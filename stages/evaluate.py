@@ -5,11 +5,9 @@ from pathlib import Path
 
 import cv2
 import mlflow
-import numpy as np
 
 from pipeline.config import load_params
-from pipeline.evaluation import choose_threshold, evaluate, fingerprint, threshold_table
-from pipeline.inference import predict_probs
+from pipeline.evaluation import evaluate_model
 from pipeline.model import load_model
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.masks import overlay
@@ -23,19 +21,13 @@ def main() -> None:
     params = load_params()
     cfg, size = params["evaluate"], int(params["model"]["input_size"])
     model = load_model(MODEL)
-    val, test = split_samples("val"), split_samples("test")
-    flip = bool(cfg["flip_tta"])
-    min_area = int(cfg["min_area"])
-    predict = lambda samples: predict_probs(model, [s.image for s in samples], size, flip=flip)  # noqa: E731
-
-    table = threshold_table(predict(val), val, np.arange(*cfg["threshold_grid"]), min_area)
-    threshold = choose_threshold(table)
-    metrics, preds = evaluate(predict(test), test, threshold, min_area)
-    metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
+    test = split_samples("test")
+    metrics, table, preds = evaluate_model(model, split_samples("val"), test, cfg, size)
+    threshold = metrics["threshold"]
 
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)
-    write_json(CONFIG, {"threshold": threshold, "min_area": min_area, "input_size": size, "flip_tta": flip,
+    write_json(CONFIG, {"threshold": threshold, "min_area": int(cfg["min_area"]), "input_size": size, "flip_tta": bool(cfg["flip_tta"]),
                         "test_fingerprint": metrics["test_fingerprint"], "test_dice": metrics["dice"]})
     with atomic_path(GALLERY) as tmp:
         tmp.mkdir()

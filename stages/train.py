@@ -2,17 +2,13 @@
 
 import logging
 
-import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 
-from pipeline.config import load_params, resolve_path
-from pipeline.data import to_arrays
+from pipeline.config import load_params
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.model import build_unet
 from pipeline.tracking import epoch_logger, new_run
-from pipeline.training import fit
+from pipeline.training import encoder_weights_note, train_from_params
 from stages.common import MODEL, RUN, split_samples
 
 METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
@@ -20,24 +16,12 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 
 def main() -> None:
     params = load_params()
-    mcfg, tcfg = params["model"], params["train"]
-    keras.utils.set_random_seed(int(tcfg["seed"]))
-    tf.config.experimental.enable_op_determinism()
-    size = int(mcfg["input_size"])
-    for key, value in (("model.input_size", size), ("train.crop_size", tcfg.get("crop_size") or size)):
-        if int(value) % 32:
-            raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
-    train, val = to_arrays(split_samples("train"), size), to_arrays(split_samples("val"), size)
-    weights = mcfg["weights"]
-    weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
-    model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"],
-                       tuple(mcfg["decoder_filters"]), float(mcfg["bn_momentum"]))
-
+    train, val = split_samples("train"), split_samples("val")
     with new_run(params, RUN):
-        note = "random init (model.weights: none)" if weights in (None, "none") else f"pretrained: {weights}"
+        note = encoder_weights_note(params)
         mlflow.set_tag("encoder_weights", note)
         logging.info("encoder weights: %s", note)
-        history = fit(model, train, val, tcfg, callbacks=[epoch_logger()])
+        model, history = train_from_params(params, train, val, callbacks=[epoch_logger()])
         with atomic_path(MODEL) as tmp:
             model.save(tmp)
         write_csv(HISTORY, history)
@@ -48,8 +32,8 @@ def main() -> None:
             "epochs_run": len(history),
             "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
             "train_seconds": float(history["train_seconds"].sum()),
-            "n_train": len(train[0]),
-            "n_val": len(val[0]),
+            "n_train": len(train),
+            "n_val": len(val),
             "n_params": int(model.count_params()),
         }
         write_json(METRICS, summary)

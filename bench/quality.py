@@ -1,0 +1,111 @@
+"""Cross-validated quality on real faces: every image tested once, never trained on in its fold.
+
+    python -m bench.quality --preset widerface            # 5-fold on ../shared/data/widerface-dev
+    python -m bench.quality --preset course --folds 1     # the course baseline, first fold only
+    python -m bench.quality --preset widerface -S train.finetune_epochs=20 -S model.input_size=512
+
+Each fold trains on the other folds (15% of them held out as val for early stopping and the
+threshold) with the same code as the DVC stages, then evaluates the fold. Prints every fold
+and mean +- std of dice, IoU, pooled dice and face recall/precision by size, with training and
+inference images/s; `--out` writes the table as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_path
+from pipeline.evaluation import evaluate_model
+from pipeline.formats import Report, read_images_npy, read_yolo_folder
+from pipeline.split import kfold, split_dataset
+from pipeline.training import train_from_params
+
+COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
+           "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=value' -> {'a': {'b': value}}, the value read as YAML (like `dvc exp run -S`)."""
+    key, _, value = text.partition("=")
+    out: dict = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def tables(samples):
+    images = pd.DataFrame({"image_id": [s.image_id for s in samples], "width": [s.width for s in samples],
+                           "height": [s.height for s in samples], "n_faces": [len(s.boxes) for s in samples]})
+    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for s in samples for b in s.boxes])
+    return images, boxes
+
+
+def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> dict:
+    by_id = {s.image_id: s for s in samples}
+    test = [by_id[i] for i in folds.index[folds == fold]]
+    rest = [by_id[i] for i in folds.index[folds != fold]]
+    images, boxes = tables(rest)
+    split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
+    train = [by_id[i] for i in split.image_id[split.split == "train"]]
+    val = [by_id[i] for i in split.image_id[split.split == "val"]]
+    model, history = train_from_params(params, train, val)
+    start = time.perf_counter()
+    metrics, _, _ = evaluate_model(model, val, test, params["evaluate"], int(params["model"]["input_size"]))
+    infer_s = time.perf_counter() - start
+    return {**metrics, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+            "epochs_run": len(history),
+            "train_img_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
+            "train_s": float(history["train_seconds"].sum()),
+            "infer_img_s": (len(val) + len(test)) / infer_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="widerface", help="a preset in params.yaml (or 'none')")
+    parser.add_argument("--data", default="../shared/data/widerface-dev/images.npy",
+                        help="a course-layout .npy file or a YOLO folder")
+    parser.add_argument("--weights", default="../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
+    parser.add_argument("--folds", type=int, default=5, help="how many of the k folds to run (1: quick mode)")
+    parser.add_argument("-k", type=int, default=5, help="number of folds the data is cut into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
+    parser.add_argument("--out", help="write the per-fold table as CSV")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with open(PARAMS_FILE) as fh:
+        raw = yaml.safe_load(fh)
+    raw["preset"] = None if args.preset == "none" else args.preset
+    params = effective_params(raw)
+    params["model"]["weights"] = args.weights
+    for text in args.overrides:
+        params = deep_merge(params, parse_override(text))
+    path = resolve_path(args.data)
+    samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report())
+    images, boxes = tables(samples)
+    folds = kfold(images, boxes, args.k, args.seed)
+
+    rows = []
+    for fold in range(args.folds):
+        rows.append(run_fold(params, samples, folds, fold, args.seed))
+        print(pd.DataFrame(rows)[["fold", *COLUMNS]].round(3).to_string(index=False), flush=True)
+    table = pd.DataFrame(rows)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    summary = table[COLUMNS].agg(["mean", "std"]).T
+    print(f"\npreset={args.preset} overrides={args.overrides} folds={args.folds}/{args.k} images={len(samples)} "
+          f"cpus={os.cpu_count()}")
+    print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}" for c in COLUMNS[:8]))
+    print(f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; "
+          f"inference {table.infer_img_s.mean():.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
