@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = "params.yaml"
+PRESET_SECTIONS = ("model", "train", "evaluate")  # what a preset may set: the stages that list it in dvc.yaml
 
 
 def project_root() -> Path:
@@ -56,6 +57,9 @@ def effective_params(raw: dict) -> dict:
         return base
     if name not in presets:
         raise ValueError(f"{PARAMS_FILE}: preset {name!r} is not defined; defined: {sorted(presets)}")
+    extra = set(presets[name]) - set(PRESET_SECTIONS)
+    if extra:
+        raise ValueError(f"{PARAMS_FILE}: preset {name!r} sets {sorted(extra)}; presets may only set {PRESET_SECTIONS}")
     return deep_merge(base, presets[name])
 
 

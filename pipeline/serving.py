@@ -45,8 +45,12 @@ def encode_image(image: np.ndarray, ext: str = ".png") -> str:
 
 
 def decode_image(value, limits: dict = DEFAULT_LIMITS) -> np.ndarray:
-    """RGB uint8 image from base64 JPEG/PNG; raises ValueError saying what is wrong."""
-    from PIL import Image  # header-only size check before decoding: no decompression bombs
+    """RGB uint8 image from base64 JPEG/PNG; raises ValueError saying what is wrong.
+
+    The size is read from the header and checked before decoding (no decompression bombs);
+    EXIF orientation is applied, as `cv2.imread` does for the client's overlays.
+    """
+    from PIL import Image, ImageOps
 
     if not isinstance(value, (str, bytes)) or len(value) == 0:
         raise ValueError(f"expected a non-empty base64 string, got {type(value).__name__}")
@@ -57,26 +61,28 @@ def decode_image(value, limits: dict = DEFAULT_LIMITS) -> np.ndarray:
     if len(data) > limits["max_bytes"]:
         raise ValueError(f"{len(data)} bytes is over the limit of {limits['max_bytes']}")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height, kind = *header.size, header.format
+        image = Image.open(io.BytesIO(data))
     except Exception:
+        for magic, name in ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG")):
+            if data.startswith(magic):
+                raise ValueError(f"{name} data is truncated or corrupt (header unreadable)") from None
         raise ValueError("bytes are not a JPEG or PNG image") from None
+    width, height, kind = *image.size, image.format
     if kind not in ("JPEG", "PNG"):
         raise ValueError(f"image format {kind} is not supported; send JPEG or PNG")
     if max(width, height) > limits["max_side"]:
         raise ValueError(f"image {width}x{height} is larger than the limit {limits['max_side']}x{limits['max_side']}")
     if min(width, height) < limits["min_side"]:
         raise ValueError(f"image {width}x{height} is smaller than the minimum side of {limits['min_side']} pixels")
-    if (kind == "JPEG" and b"\xff\xd9" not in data[-64:]) or (kind == "PNG" and b"IEND" not in data[-64:]):
-        raise ValueError(f"{kind} data is truncated")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{kind} data could not be decoded")
-    if image.dtype != np.uint8:
-        image = (image / 257).astype(np.uint8)  # 16-bit PNG
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    try:
+        image.load()
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{kind} data is truncated or corrupt ({err})") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16-bit PNG: Pillow's convert("RGB") would clip it at 255
+        gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def decode_batch(model_input, limits: dict) -> list[np.ndarray]:

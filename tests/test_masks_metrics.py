@@ -55,3 +55,16 @@ def test_evaluate_masks_pooled_and_face_level():
     assert m["pixel_precision"] == pytest.approx(50 / 150) and m["pixel_recall"] == pytest.approx(0.5)
     assert m["face_recall"] == 1.0 and m["face_precision"] == 0.5 and m["n_faces"] == 1
     assert m["face_recall_medium"] == 1.0 and m["n_faces_small"] == 0
+
+
+def test_presets_overlay_only_what_they_list():
+    from pipeline.config import effective_params
+
+    raw = {"preset": "p", "model": {"a": 1, "b": 2}, "train": {"c": 3},
+           "presets": {"p": {"model": {"b": 5}}, "bad": {"data": {"path": "x"}}}}
+    assert effective_params(raw) == {"model": {"a": 1, "b": 5}, "train": {"c": 3}}
+    assert effective_params({**raw, "preset": None})["model"] == {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match="preset 'nope' is not defined"):
+        effective_params({**raw, "preset": "nope"})
+    with pytest.raises(ValueError, match=r"presets may only set"):
+        effective_params({**raw, "preset": "bad"})
