@@ -29,6 +29,7 @@ from pipeline.training import train_from_params
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
+TTA_COLUMNS = ["dice_tta", "pooled_dice_tta", "face_recall_tta", "infer_img_s_tta"]
 
 
 def parse_override(text: str) -> dict:
@@ -56,10 +57,17 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> d
     train = [by_id[i] for i in split.image_id[split.split == "train"]]
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
     model, history = train_from_params(params, train, val)
+    size = int(params["model"]["input_size"])
     start = time.perf_counter()
-    metrics, _, _ = evaluate_model(model, val, test, params["evaluate"], int(params["model"]["input_size"]))
+    metrics, _, _ = evaluate_model(model, val, test, params["evaluate"], size)
     infer_s = time.perf_counter() - start
-    return {**metrics, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+    tta = {}
+    if not params["evaluate"]["flip_tta"]:  # the same model with flip TTA: its gain and cost
+        start = time.perf_counter()
+        with_flip, _, _ = evaluate_model(model, val, test, {**params["evaluate"], "flip_tta": True}, size)
+        tta = {"dice_tta": with_flip["dice"], "pooled_dice_tta": with_flip["pooled_dice"],
+               "face_recall_tta": with_flip["face_recall"], "infer_img_s_tta": (len(val) + len(test)) / (time.perf_counter() - start)}
+    return {**metrics, **tta, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "epochs_run": len(history),
             "train_img_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
             "train_s": float(history["train_seconds"].sum()),
@@ -95,16 +103,20 @@ def main() -> None:
     rows = []
     for fold in range(args.folds):
         rows.append(run_fold(params, samples, folds, fold, args.seed))
-        print(pd.DataFrame(rows)[["fold", *COLUMNS]].round(3).to_string(index=False), flush=True)
+        shown = [c for c in ["fold", *COLUMNS, *TTA_COLUMNS] if c in rows[0]]
+        print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)
-    summary = table[COLUMNS].agg(["mean", "std"]).T
+    columns = [c for c in COLUMNS + TTA_COLUMNS if c in table]
+    summary = table[columns].agg(["mean", "std"]).T
     print(f"\npreset={args.preset} overrides={args.overrides} folds={args.folds}/{args.k} images={len(samples)} "
           f"cpus={os.cpu_count()}")
-    print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}" for c in COLUMNS[:8]))
+    print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
+                     for c in [*COLUMNS[:8], *TTA_COLUMNS[:3]] if c in summary.index))
     print(f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; "
-          f"inference {table.infer_img_s.mean():.1f} img/s")
+          f"inference {table.infer_img_s.mean():.1f} img/s"
+          + (f" ({table.infer_img_s_tta.mean():.1f} img/s with flip TTA)" if "infer_img_s_tta" in table else ""))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 

@@ -14,21 +14,25 @@ from pipeline.config import flatten, project_root
 from pipeline.io import read_json, write_json
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else `mlflow.db` (SQLite) at the project root.
+def default_uri() -> str:
+    """`mlflow.db` (SQLite) at the project root, resolved from DVC_ROOT so that queued and
+    temporary experiments land in the same store."""
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
 
-    The root is resolved from DVC_ROOT, so queued/temp experiments land in the same store.
-    """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the project's default store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def setup(experiment: str) -> str:
-    """Point MLflow at the project store; create the experiment with artifacts in `mlartifacts/`."""
-    mlflow.set_tracking_uri(tracking_uri())
+    """Point MLflow at the store; in the default store, experiments keep artifacts in `mlartifacts/`."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlartifacts").as_uri()
+    location = (project_root() / "mlartifacts").as_uri() if uri == default_uri() else None
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 

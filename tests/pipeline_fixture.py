@@ -49,6 +49,8 @@ def make_clone(dest: Path, overrides: dict = TINY) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, overrides), sort_keys=False))
     sh(dest, "git", "init", "-q", "-b", "main")
+    sh(dest, "git", "config", "user.name", "facemask test")  # DVC's experiment commits need an identity
+    sh(dest, "git", "config", "user.email", "test@facemask.local")
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "tiny pipeline")
     return dest

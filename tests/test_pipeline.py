@@ -14,6 +14,8 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
     assert len(runs) == 1
     run = runs[0]
+    assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+    assert not (project / "mlruns").exists()
     assert run.data.params["model.input_size"] == "64" and run.data.params["data.source"] == "synthetic"
     assert run.data.tags["encoder_weights"].startswith("random init")
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
