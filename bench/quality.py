@@ -81,6 +81,7 @@ def main() -> None:
                         help="a course-layout .npy file or a YOLO folder")
     parser.add_argument("--weights", default="../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
     parser.add_argument("--folds", type=int, default=5, help="how many of the k folds to run (1: quick mode)")
+    parser.add_argument("--start", type=int, default=0, help="the first fold to run")
     parser.add_argument("-k", type=int, default=5, help="number of folds the data is cut into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
@@ -101,7 +102,7 @@ def main() -> None:
     folds = kfold(images, boxes, args.k, args.seed)
 
     rows = []
-    for fold in range(args.folds):
+    for fold in range(args.start, min(args.start + args.folds, args.k)):
         rows.append(run_fold(params, samples, folds, fold, args.seed))
         shown = [c for c in ["fold", *COLUMNS, *TTA_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)

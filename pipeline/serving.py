@@ -139,7 +139,8 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
             self.config = json.load(fh)
         self.limits = {**DEFAULT_LIMITS, **self.config.get("limits", {})}
         size = self.config["input_size"]
-        self.model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # build the graph now
+        for batch in (1, 2):  # trace now, for any batch size, not during the first requests
+            self.model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
 
     def predict(self, context, model_input, params=None):
         threshold = _param(params, "threshold", self.config["threshold"], float)

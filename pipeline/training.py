@@ -73,8 +73,12 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
         history = History(name, steps * int(cfg["batch_size"]))
         stop = keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=int(cfg["patience"]))
+        schedule = []
+        if int(cfg.get("lr_patience", 0)) > 0:  # halve the rate when val dice stalls
+            schedule.append(keras.callbacks.ReduceLROnPlateau(monitor="val_dice", mode="max", factor=0.5,
+                                                              patience=int(cfg["lr_patience"]), min_lr=lr / 32))
         model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
-                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, stop, keep, *(callbacks or [])], verbose=2)
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, stop, keep, *schedule, *(callbacks or [])], verbose=2)
         rows += history.rows
         epoch += len(history.rows)
     if keep.weights is not None:

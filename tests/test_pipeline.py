@@ -22,7 +22,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert len(c.get_metric_history(run.info.run_id, "val_dice")) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["dice"])
-    assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 5 and 0.1 <= evaluation["threshold"] <= 0.9
+    assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 7 and 0.1 <= evaluation["threshold"] <= 0.9
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "gallery")}
     assert len(artifacts) == 2
     assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} >= {"plots/train_history.csv", "plots/thresholds.csv",
@@ -33,9 +33,9 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     registration = json.loads((project / "export/registration.json").read_text())
     assert registration["alias"] == "champion" and registration["version"] == 1
     extract = json.loads((project / "metrics/extract.json").read_text())
-    assert extract["n_images"] == 36 and extract["source"] == "synthetic"
+    assert extract["n_images"] == 48 and extract["source"] == "synthetic"
     split = pd.read_csv(project / "data/split.csv")
-    assert split["split"].value_counts().to_dict() == {"train": 26, "val": 5, "test": 5}
+    assert split["split"].value_counts().to_dict() == {"train": 34, "val": 7, "test": 7}
 
 
 def test_noop_repro_and_rerun_export_adds_no_version(project):

@@ -161,6 +161,19 @@ def test_client_cli_over_http_writes_overlays(server, tmp_path):
         assert drawn.shape == cv2.imread(str(folder / f"p{i}.jpg")).shape
 
 
+def test_client_cli_runs_the_model_locally_without_a_server(project, tmp_path):
+    photo = tmp_path / "photo.png"
+    scene = generate(1, 100, 100, 2, seed=6)[0]
+    cv2.imwrite(str(photo), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--model", MODEL, "--threshold", "0.3",
+                          "--out", str(tmp_path / "overlay.png")], capture_output=True, text=True, timeout=300,
+                         env={**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout)
+    assert line["image"] == str(photo) and line["n_faces"] == len(line["boxes"])
+    assert cv2.imread(str(tmp_path / "overlay.png")).shape == (100, 100, 3)
+
+
 def test_mlflow_models_predict_with_the_logged_serving_input_example(project, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     example = mlflow.artifacts.download_artifacts(f"{MODEL}/serving_input_example.json", dst_path=str(tmp_path))
