@@ -62,7 +62,7 @@ def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
 
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
         callbacks: list | None = None) -> pd.DataFrame:
-    """Train in phases with early stopping on val dice (best weights restored); return the history."""
+    """Train in phases, early stopping on val dice; keep the best val-dice weights of all phases."""
     ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
                            crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
