@@ -17,15 +17,14 @@ import logging
 import os
 import time
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_path
 from pipeline.evaluation import evaluate_model
-from pipeline.formats import Report, read_images_npy, read_yolo_folder
+from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
 from pipeline.split import kfold, split_dataset
-from pipeline.training import train_from_params
+from pipeline.training import summarize, train_from_params
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
@@ -41,18 +40,11 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def tables(samples):
-    images = pd.DataFrame({"image_id": [s.image_id for s in samples], "width": [s.width for s in samples],
-                           "height": [s.height for s in samples], "n_faces": [len(s.boxes) for s in samples]})
-    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for s in samples for b in s.boxes])
-    return images, boxes
-
-
 def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
     rest = [by_id[i] for i in folds.index[folds != fold]]
-    images, boxes = tables(rest)
+    images, boxes = to_tables(rest)
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
     train = [by_id[i] for i in split.image_id[split.split == "train"]]
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
@@ -67,10 +59,9 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> d
         with_flip, _, _ = evaluate_model(model, val, test, {**params["evaluate"], "flip_tta": True}, size)
         tta = {"dice_tta": with_flip["dice"], "pooled_dice_tta": with_flip["pooled_dice"],
                "face_recall_tta": with_flip["face_recall"], "infer_img_s_tta": (len(val) + len(test)) / (time.perf_counter() - start)}
+    fit = summarize(history)
     return {**metrics, **tta, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
-            "epochs_run": len(history),
-            "train_img_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
-            "train_s": float(history["train_seconds"].sum()),
+            "epochs_run": fit["epochs_run"], "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"],
             "infer_img_s": (len(val) + len(test)) / infer_s}
 
 
@@ -98,7 +89,7 @@ def main() -> None:
         params = deep_merge(params, parse_override(text))
     path = resolve_path(args.data)
     samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report())
-    images, boxes = tables(samples)
+    images, boxes = to_tables(samples)
     folds = kfold(images, boxes, args.k, args.seed)
 
     rows = []

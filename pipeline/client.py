@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pipeline.formats import IMAGE_SUFFIXES
 from pipeline.masks import overlay
+from pipeline.serving import decode_image
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -85,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     for start in tqdm(range(0, len(files), args.batch_size), disable=len(files) <= args.batch_size, file=sys.stderr,
                       unit="batch"):
         batch = files[start : start + args.batch_size]
-        result = predict([base64.b64encode(f.read_bytes()).decode("ascii") for f in batch])
-        for file, row in zip(batch, result.itertuples()):
+        encoded = [base64.b64encode(f.read_bytes()).decode("ascii") for f in batch]
+        result = predict(encoded)
+        for file, b64, row in zip(batch, encoded, result.itertuples()):
             boxes = json.loads(row.boxes)
             print(json.dumps({"image": str(file), "n_faces": int(row.n_faces), "boxes": boxes}))
             if out is not None:
-                image = cv2.cvtColor(cv2.imread(str(file), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                image = decode_image(b64)  # as the server decoded it (EXIF orientation included)
                 drawn = overlay(image, decode_mask(row.mask) > 0, np.array(boxes, np.float32).reshape(-1, 5))
                 cv2.imwrite(str(out if single else out / f"{file.stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     return 0

@@ -182,19 +182,26 @@ def read_image_file(file: Path, report: Report) -> np.ndarray:
 
 # --- the normalised form written by the extract stage -------------------------------------
 
+def to_tables(samples: list[Sample]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, boxes) tables: image_id, width, height, n_faces / image_id, x1, y1, x2, y2."""
+    images = pd.DataFrame([{"image_id": s.image_id, "width": s.width, "height": s.height, "n_faces": len(s.boxes)}
+                           for s in samples], columns=["image_id", "width", "height", "n_faces"])
+    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for s in samples for b in s.boxes],
+                         columns=["image_id", "x1", "y1", "x2", "y2"])
+    return images, boxes
+
+
 def write_dataset(samples: list[Sample], out_dir: str | os.PathLike, masks: list[np.ndarray]) -> None:
     """images/<id>.png, masks/<id>.png, images.csv and boxes.csv, all replaced at once."""
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
         (tmp / "masks").mkdir()
-        rows, box_rows = [], []
         for sample, mask in zip(samples, masks, strict=True):
             _write_png(tmp / "images" / f"{sample.image_id}.png", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
             _write_png(tmp / "masks" / f"{sample.image_id}.png", mask * 255)
-            rows.append({"image_id": sample.image_id, "width": sample.width, "height": sample.height, "n_faces": len(sample.boxes)})
-            box_rows += [{"image_id": sample.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for b in sample.boxes]
-        pd.DataFrame(rows).to_csv(tmp / "images.csv", index=False)
-        pd.DataFrame(box_rows, columns=["image_id", "x1", "y1", "x2", "y2"]).to_csv(tmp / "boxes.csv", index=False)
+        images, boxes = to_tables(samples)
+        images.to_csv(tmp / "images.csv", index=False)
+        boxes.to_csv(tmp / "boxes.csv", index=False)
 
 
 def read_table(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -106,6 +106,18 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
     return model, history
 
 
+def summarize(history: pd.DataFrame) -> dict:
+    """Best val dice, epochs and training throughput (time-weighted images/s) of a fit."""
+    best = history.loc[history["val_dice"].idxmax()]
+    return {
+        "best_val_dice": float(best["val_dice"]),
+        "best_epoch": int(best["epoch"]),
+        "epochs_run": len(history),
+        "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
+        "train_seconds": float(history["train_seconds"].sum()),
+    }
+
+
 def encoder_weights_note(params: dict) -> str:
     weights = params["model"]["weights"]
     return "random init (model.weights: none)" if weights in (None, "none") else f"pretrained: {weights}"

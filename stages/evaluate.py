@@ -1,7 +1,6 @@
 """evaluate: threshold chosen on val; metrics on test at each image's own resolution."""
 
 import logging
-from pathlib import Path
 
 import cv2
 import mlflow

@@ -3,12 +3,11 @@
 import logging
 
 import mlflow
-import numpy as np
 
 from pipeline.config import load_params
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.tracking import epoch_logger, new_run
-from pipeline.training import encoder_weights_note, train_from_params
+from pipeline.training import encoder_weights_note, summarize, train_from_params
 from stages.common import MODEL, RUN, split_samples
 
 METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
@@ -25,13 +24,8 @@ def main() -> None:
         with atomic_path(MODEL) as tmp:
             model.save(tmp)
         write_csv(HISTORY, history)
-        best = history.loc[history["val_dice"].idxmax()]
         summary = {
-            "best_val_dice": float(best["val_dice"]),
-            "best_epoch": int(best["epoch"]),
-            "epochs_run": len(history),
-            "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
-            "train_seconds": float(history["train_seconds"].sum()),
+            **summarize(history),
             "n_train": len(train),
             "n_val": len(val),
             "n_params": int(model.count_params()),
