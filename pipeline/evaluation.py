@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.formats import Sample
-from pipeline.inference import predict_probs
+from pipeline.inference import predict_probs, tta_sizes
 from pipeline.masks import boxes_to_mask, postprocess
 from pipeline.metrics import dice, evaluate_masks, pixel_counts
 
@@ -34,9 +34,10 @@ def choose_threshold(table: pd.DataFrame) -> float:
     return float(table.loc[table["dice"].idxmax(), "threshold"])
 
 
-def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int) -> tuple[dict, list]:
+def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
+             split: bool = False) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from."""
-    preds = [postprocess(p, threshold, min_area) for p in probs]
+    preds = [postprocess(p, threshold, min_area, split) for p in probs]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
     return metrics, preds
@@ -58,10 +59,10 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, inpu
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
     only here, after every choice has been made on val.
     """
-    flip, min_area = bool(cfg["flip_tta"]), int(cfg["min_area"])
-    probs = lambda samples: predict_probs(model, [s.image for s in samples], input_size, flip=flip)  # noqa: E731
+    flip, min_area, sizes = bool(cfg["flip_tta"]), int(cfg["min_area"]), tta_sizes(input_size, cfg["tta_scales"])
+    probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=flip)  # noqa: E731
     table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area)
     threshold = choose_threshold(table)
-    metrics, preds = evaluate(probs(test), test, threshold, min_area)
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]))
     metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
     return metrics, table, preds

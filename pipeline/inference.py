@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 from pipeline.data import to_model_input
 
 
-def predict_probs(model, images: list[np.ndarray], input_size: int, batch_size: int = 8, flip: bool = False) -> list[np.ndarray]:
-    """Resize to the model input, predict, resize each map back to its image's size.
+def tta_sizes(input_size: int, scales: Sequence[float]) -> list[int]:
+    """Model input sides for test-time scales of `input_size`, each a multiple of 32."""
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"evaluate.tta_scales must be a non-empty list of positive factors, got {scales}")
+    return [max(32, int(round(input_size * float(s) / 32)) * 32) for s in scales]
 
-    `flip` averages with the prediction on the mirrored image (test-time augmentation).
+
+def predict_probs(model, images: list[np.ndarray], sizes: int | Sequence[int], batch_size: int = 8,
+                  flip: bool = False) -> list[np.ndarray]:
+    """Resize to each model input side in `sizes`, predict, resize back to the image's size, average.
+
+    Several sides and `flip` (the mirrored image too) are test-time augmentation: small faces
+    are found more often at a larger side, and averaging smooths the map's boundaries.
     """
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        x = np.stack([to_model_input(im, input_size) for im in chunk]).astype(np.float32)
-        probs = np.asarray(model.predict_on_batch(x))[..., 0]
-        if flip:
-            probs = 0.5 * (probs + np.asarray(model.predict_on_batch(x[:, :, ::-1]))[..., 0][:, :, ::-1])
-        for im, p in zip(chunk, probs):
-            out.append(cv2.resize(p, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR))
+    sizes = [sizes] if isinstance(sizes, (int, np.integer)) else list(sizes)
+    out = [np.zeros(im.shape[:2], np.float32) for im in images]
+    n = len(sizes) * (2 if flip else 1)
+    for size in sizes:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            x = np.stack([to_model_input(im, size) for im in chunk]).astype(np.float32)
+            probs = np.asarray(model.predict_on_batch(x))[..., 0]
+            if flip:
+                probs = probs + np.asarray(model.predict_on_batch(x[:, :, ::-1]))[..., 0][:, :, ::-1]
+            for i, (im, p) in enumerate(zip(chunk, probs)):
+                out[start + i] += cv2.resize(p, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR) / n
     return out

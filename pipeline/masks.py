@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 
 def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -21,33 +22,59 @@ def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, split: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Threshold a probability map into (mask, boxes).
 
-    Boxes are the connected components as `[x1, y1, x2, y2, score]` in pixels, score being the
-    mean probability inside the component; components under `min_area` pixels are removed from
-    both. Evaluation and serving both call this, so what is measured is what is served.
+    Connected components under `min_area` pixels are removed from the mask. Each remaining
+    component is a face box `[x1, y1, x2, y2, score]` in pixels, score being the mean probability
+    inside it; with `split`, touching faces that merged into one component are cut apart first
+    (`split_touching`), which changes the boxes, never the mask (a cut-off piece under
+    `min_area` pixels gets no box of its own). Evaluation and serving both call this, so what
+    is measured is what is served.
     """
     binary = (prob >= threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 1:
-        return binary, np.zeros((0, 5), np.float32)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    sums = np.bincount(labels.ravel(), weights=prob.ravel().astype(np.float64), minlength=n)[1:]
-    keep = areas >= max(min_area, 1)
+    keep = stats[1:, cv2.CC_STAT_AREA] >= max(min_area, 1)
     if not keep.all():
         binary = np.isin(labels, np.flatnonzero(keep) + 1).astype(np.uint8)
-    s = stats[1:][keep]
-    boxes = np.column_stack(
-        [
-            s[:, cv2.CC_STAT_LEFT],
-            s[:, cv2.CC_STAT_TOP],
-            s[:, cv2.CC_STAT_LEFT] + s[:, cv2.CC_STAT_WIDTH],
-            s[:, cv2.CC_STAT_TOP] + s[:, cv2.CC_STAT_HEIGHT],
-            sums[keep] / areas[keep],
-        ]
-    ).astype(np.float32)
-    return binary, boxes
+        labels = labels * binary
+    if split and binary.any():
+        labels = split_touching(prob, binary)
+    return binary, region_boxes(labels, prob, max(min_area, 1) if split else 1)
+
+
+def split_touching(prob: np.ndarray, binary: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Label map with one region per probability peak: watershed of the (smoothed) map in the mask.
+
+    Neighbouring faces in a crowd merge into one component, whose single box then matches none
+    of them; their centres still stand out as separate peaks.
+    """
+    smooth = cv2.GaussianBlur(prob.astype(np.float32), (0, 0), sigma)
+    peaks = (smooth >= cv2.dilate(smooth, np.ones((3, 3), np.uint8))) & (binary > 0)
+    n, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    markers[binary == 0] = n  # the background floods from its own seed
+    relief = np.repeat((255 * (1 - np.clip(smooth, 0, 1))).astype(np.uint8)[..., None], 3, axis=2)
+    cv2.watershed(relief, markers)
+    labels = np.where((markers > 0) & (markers < n), markers, 0)
+    if not labels.any():  # no peak inside the mask (the smoothed maximum fell outside): no cut
+        return cv2.connectedComponents(binary, connectivity=8)[1]
+    # Mask pixels the background flood or a ridge line took go to the nearest face region.
+    nearest = ndimage.distance_transform_edt(labels == 0, return_distances=False, return_indices=True)
+    return np.where(binary > 0, labels[nearest[0], nearest[1]], 0)
+
+
+def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.ndarray:
+    """`[x1, y1, x2, y2, mean probability]` per labelled region of at least `min_area` pixels."""
+    n = int(labels.max())
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=n + 1)
+    sums = np.bincount(flat, weights=prob.ravel().astype(np.float64), minlength=n + 1)
+    rows = [
+        [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop, sums[k] / areas[k]]
+        for k, sl in enumerate(ndimage.find_objects(labels, n), start=1)
+        if sl is not None and areas[k] >= min_area
+    ]
+    return np.array(rows, np.float32).reshape(-1, 5)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray, true_boxes: np.ndarray | None = None) -> np.ndarray:

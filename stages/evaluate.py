@@ -7,6 +7,7 @@ import mlflow
 
 from pipeline.config import load_params
 from pipeline.evaluation import evaluate_model
+from pipeline.inference import tta_sizes
 from pipeline.model import load_model
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.masks import overlay
@@ -27,6 +28,7 @@ def main() -> None:
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)
     write_json(CONFIG, {"threshold": threshold, "min_area": int(cfg["min_area"]), "input_size": size, "flip_tta": bool(cfg["flip_tta"]),
+                        "tta_sizes": tta_sizes(size, cfg["tta_scales"]), "split_faces": bool(cfg["split_faces"]),
                         "test_fingerprint": metrics["test_fingerprint"], "test_dice": metrics["dice"]})
     with atomic_path(GALLERY) as tmp:
         tmp.mkdir()

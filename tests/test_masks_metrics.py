@@ -25,6 +25,21 @@ def test_postprocess_components_boxes_scores_and_specks():
     assert len(boxes) == 2 and mask.sum() == 13
 
 
+def test_split_cuts_touching_faces_at_their_peaks_and_keeps_the_mask():
+    yy, xx = np.mgrid[0:20, 0:40]
+    face = lambda cx: np.exp(-((xx - cx) ** 2 + (yy - 10) ** 2) / 30.0)  # noqa: E731
+    prob = np.maximum(face(12), face(26)).astype(np.float32)  # two faces, one component at 0.15
+    mask, merged = postprocess(prob, 0.15, min_area=4)
+    split_mask, split = postprocess(prob, 0.15, min_area=4, split=True)
+    np.testing.assert_array_equal(split_mask, mask)
+    assert len(merged) == 1 and len(split) == 2
+    left, right = sorted(split.tolist())
+    assert left[0] == merged[0][0] and right[2] == merged[0][2]  # the outer edges stay
+    assert left[2] <= 20 and right[0] >= 18  # the cut is between the peaks at x = 12 and 26
+    assert len(postprocess(face(12).astype(np.float32), 0.3, 4, split=True)[1]) == 1  # one face stays one
+    assert len(postprocess(np.zeros((5, 5), np.float32), 0.3, 4, split=True)[1]) == 0
+
+
 def test_dice_iou_by_hand():
     a = np.zeros((4, 4), bool)
     b = np.zeros((4, 4), bool)

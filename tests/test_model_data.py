@@ -141,3 +141,28 @@ def test_bilinear_upsample_matches_tensorflow_resize_on_any_size():
     for h, w in ((7, 9), (4, 12)):
         x = np.random.default_rng(h).random((2, h, w, 1)).astype(np.float32)
         np.testing.assert_allclose(model.predict(x, verbose=0), tf.image.resize(x, (2 * h, 2 * w), "bilinear").numpy(), atol=1e-6)
+
+
+class _SizeProbe:
+    """A stand-in model whose 'probability' is the input side / 1000: which sizes were asked."""
+
+    def predict_on_batch(self, x):
+        return np.full((*x.shape[:3], 1), x.shape[1] / 1000, np.float32) + x[..., :1] / 1e6
+
+
+def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
+    from pipeline.inference import predict_probs, tta_sizes
+
+    assert tta_sizes(416, [1.0, 1.5]) == [416, 640] and tta_sizes(64, [0.1]) == [32]
+    with pytest.raises(ValueError, match="tta_scales"):
+        tta_sizes(416, [])
+    image = np.zeros((30, 50, 3), np.uint8)
+    image[:, :10] = 255  # left edge bright: the mirrored prediction must be flipped back
+    (plain,) = predict_probs(_SizeProbe(), [image], 64)
+    (multi,) = predict_probs(_SizeProbe(), [image], [64, 128])
+    (mirrored,) = predict_probs(_SizeProbe(), [image], 64, flip=True)
+    assert plain.shape == multi.shape == mirrored.shape == (30, 50)
+    assert np.allclose(multi[15, 25], (0.064 + 0.128) / 2, atol=1e-6)
+    assert np.allclose(mirrored, plain, atol=1e-6)  # flip-back restores the bright left edge
+    assert plain[15, 2] > plain[15, 40]
+
