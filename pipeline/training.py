@@ -62,23 +62,26 @@ def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
 
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
         callbacks: list | None = None) -> pd.DataFrame:
-    """Train in phases, early stopping on val dice; keep the best val-dice weights of all phases."""
+    """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases."""
     ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
                            crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
     rows, epoch, keep = [], 0, KeepBest()
     for name, epochs, lr, trainable in phases(cfg):
         set_trainable(model, trainable)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=get_loss(cfg["loss"]), metrics=[dice])
+        if cfg.get("lr_schedule", "constant") == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps, alpha=0.01)
+        elif cfg.get("lr_schedule", "constant") != "constant":
+            raise ValueError(f"train.lr_schedule: unknown {cfg['lr_schedule']!r}; choose 'constant' or 'cosine'")
+        ema = float(cfg.get("ema_momentum", 0))
+        optimizer = keras.optimizers.Adam(lr, use_ema=ema > 0, ema_momentum=ema or 0.99)
+        model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
         history = History(name, steps * int(cfg["batch_size"]))
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_dice", mode="max", patience=int(cfg["patience"]))
-        schedule = []
-        if int(cfg.get("lr_patience", 0)) > 0:  # halve the rate when val dice stalls
-            schedule.append(keras.callbacks.ReduceLROnPlateau(monitor="val_dice", mode="max", factor=0.5,
-                                                              patience=int(cfg["lr_patience"]), min_lr=lr / 32))
+        # With EMA, validation, early stopping and KeepBest all see the averaged weights.
+        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []
+        stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=int(cfg["patience"]))] if cfg["patience"] else []
         model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
-                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, stop, keep, *schedule, *(callbacks or [])], verbose=2)
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
         rows += history.rows
         epoch += len(history.rows)
     if keep.weights is not None:

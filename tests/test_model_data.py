@@ -166,3 +166,21 @@ def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
     assert np.allclose(mirrored, plain, atol=1e-6)  # flip-back restores the bright left edge
     assert plain[15, 2] > plain[15, 40]
 
+
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_fit_keeps_the_weights_it_validated_best(ema):
+    """With weight averaging too, the returned model is the one that scored the best val dice."""
+    from pipeline.synthetic import generate
+    from pipeline.training import fit
+
+    samples = generate(40, 64, 64, 2, seed=3)
+    train, val = to_arrays(samples[:32], 64), to_arrays(samples[32:], 64)
+    cfg = {"batch_size": 4, "seed": 0, "loss": "bce_dice", "epochs": 0, "lr": 0.0, "trainable_layers": 0,
+           "finetune_epochs": 6, "finetune_lr": 0.01, "finetune_trainable_layers": "all", "patience": 0, "ema_momentum": ema}
+    keras.utils.set_random_seed(0)
+    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+    history = fit(model, train, val, cfg)
+    assert len(history) == 6 and history["val_dice"].nunique() > 1
+    model.compile(loss="binary_crossentropy", metrics=[dice])
+    score = model.evaluate(val[0].astype(np.float32), val[1], batch_size=4, verbose=0, return_dict=True)["dice"]
+    assert score == pytest.approx(history["val_dice"].max(), abs=1e-5)

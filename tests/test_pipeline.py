@@ -25,6 +25,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 7 and 0.1 <= evaluation["threshold"] <= 0.9
     serving = json.loads((project / "eval/serving_config.json").read_text())
     assert serving["tta_sizes"] == [64, 96] and serving["flip_tta"] is True and serving["split_faces"] is True
+    assert json.loads((project / "metrics/train.json").read_text())["epochs_run"] == 13  # patience 0: no early stop
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "gallery")}
     assert len(artifacts) == 2
     assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} >= {"plots/train_history.csv", "plots/thresholds.csv",
