@@ -28,7 +28,7 @@ from pipeline.training import summarize, train_from_params
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
-TTA_COLUMNS = ["dice_tta", "pooled_dice_tta", "face_recall_tta", "infer_img_s_tta"]
+PLAIN_COLUMNS = ["dice_plain", "pooled_dice_plain", "face_recall_plain", "infer_img_s_plain"]
 
 
 def parse_override(text: str) -> dict:
@@ -40,7 +40,7 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> dict:
+def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
     rest = [by_id[i] for i in folds.index[folds != fold]]
@@ -49,18 +49,21 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int) -> d
     train = [by_id[i] for i in split.image_id[split.split == "train"]]
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
     model, history = train_from_params(params, train, val)
+    if save:
+        os.makedirs(save, exist_ok=True)
+        model.save(os.path.join(save, f"fold{fold}.keras"))
     size = int(params["model"]["input_size"])
     start = time.perf_counter()
     metrics, _, _ = evaluate_model(model, val, test, params["evaluate"], size)
     infer_s = time.perf_counter() - start
-    tta = {}
-    if not params["evaluate"]["flip_tta"]:  # the same model with flip TTA: its gain and cost
+    plain_cfg, plain = {**params["evaluate"], "flip_tta": False, "tta_scales": [1.0]}, {}
+    if plain_cfg != params["evaluate"]:  # the same model without test-time augmentation: its gain and cost
         start = time.perf_counter()
-        with_flip, _, _ = evaluate_model(model, val, test, {**params["evaluate"], "flip_tta": True}, size)
-        tta = {"dice_tta": with_flip["dice"], "pooled_dice_tta": with_flip["pooled_dice"],
-               "face_recall_tta": with_flip["face_recall"], "infer_img_s_tta": (len(val) + len(test)) / (time.perf_counter() - start)}
+        without, _, _ = evaluate_model(model, val, test, plain_cfg, size)
+        plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
+                 "face_recall_plain": without["face_recall"], "infer_img_s_plain": (len(val) + len(test)) / (time.perf_counter() - start)}
     fit = summarize(history)
-    return {**metrics, **tta, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+    return {**metrics, **plain, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
             "epochs_run": fit["epochs_run"], "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"],
             "infer_img_s": (len(val) + len(test)) / infer_s}
 
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
     parser.add_argument("--out", help="write the per-fold table as CSV")
+    parser.add_argument("--save", help="folder to save each fold's model in (foldK.keras)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -94,21 +98,21 @@ def main() -> None:
 
     rows = []
     for fold in range(args.start, min(args.start + args.folds, args.k)):
-        rows.append(run_fold(params, samples, folds, fold, args.seed))
-        shown = [c for c in ["fold", *COLUMNS, *TTA_COLUMNS] if c in rows[0]]
+        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save))
+        shown = [c for c in ["fold", *COLUMNS, *PLAIN_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)
-    columns = [c for c in COLUMNS + TTA_COLUMNS if c in table]
+    columns = [c for c in COLUMNS + PLAIN_COLUMNS if c in table]
     summary = table[columns].agg(["mean", "std"]).T
     print(f"\npreset={args.preset} overrides={args.overrides} folds={args.folds}/{args.k} images={len(samples)} "
           f"cpus={os.cpu_count()}")
     print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
-                     for c in [*COLUMNS[:8], *TTA_COLUMNS[:3]] if c in summary.index))
+                     for c in [*COLUMNS[:8], *PLAIN_COLUMNS[:3]] if c in summary.index))
     print(f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; "
           f"inference {table.infer_img_s.mean():.1f} img/s"
-          + (f" ({table.infer_img_s_tta.mean():.1f} img/s with flip TTA)" if "infer_img_s_tta" in table else ""))
+          + (f" ({table.infer_img_s_plain.mean():.1f} img/s without test-time augmentation)" if "infer_img_s_plain" in table else ""))
 
 
 if __name__ == "__main__":
