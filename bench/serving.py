@@ -78,7 +78,7 @@ def main() -> None:
     table["http overhead %"] = [
         100 * (remote[k] / local[k] - 1) if k.endswith("_ms") else 100 * (local[k] / remote[k] - 1) for k in table.index
     ]
-    print(f"model {args.model}: input {config.get('tta_sizes', [config['input_size']])} px, flip TTA {config.get('flip_tta', False)}; "
+    print(f"model {args.model}: input {config['tta_sizes']} px, flip TTA {config['flip_tta']}; "
           f"one 640x480 JPEG per request for latency")
     print(table.round(1).to_string())
 

@@ -40,7 +40,7 @@ def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, split: bo
         labels = labels * binary
     if split and binary.any():
         labels = split_touching(prob, binary)
-    return binary, region_boxes(labels, prob, max(min_area, 1) if split else 1)
+    return binary, region_boxes(labels, prob, max(min_area, 1))
 
 
 def split_touching(prob: np.ndarray, binary: np.ndarray, sigma: float = 2.0) -> np.ndarray:

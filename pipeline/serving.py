@@ -103,10 +103,10 @@ def decode_batch(model_input, limits: dict) -> list[np.ndarray]:
 
 
 def predict_images(model, images: list[np.ndarray], config: dict, threshold: float, min_area: int) -> pd.DataFrame:
-    probs = predict_probs(model, images, config.get("tta_sizes", [config["input_size"]]), flip=bool(config.get("flip_tta", False)))
+    probs = predict_probs(model, images, config["tta_sizes"], flip=config["flip_tta"])
     rows = []
     for prob in probs:
-        mask, boxes = postprocess(prob, threshold, min_area, bool(config.get("split_faces", False)))
+        mask, boxes = postprocess(prob, threshold, min_area, config["split_faces"])
         rows.append({
             "mask": encode_image(mask * 255),
             "boxes": json.dumps([[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]),
@@ -136,9 +136,11 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
 
         self.model = load_model(context.artifacts["keras_model"])
         with open(context.artifacts["config"]) as fh:
-            self.config = json.load(fh)
+            config = json.load(fh)
+        # Models registered before test-time augmentation have none of its keys: predict as they did.
+        self.config = {"tta_sizes": [config["input_size"]], "flip_tta": False, "split_faces": False, **config}
         self.limits = {**DEFAULT_LIMITS, **self.config.get("limits", {})}
-        for size in self.config.get("tta_sizes", [self.config["input_size"]]):
+        for size in self.config["tta_sizes"]:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests
                 self.model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
 

@@ -66,15 +66,15 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
                            crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
+    schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"train.lr_schedule: unknown {schedule!r}; choose 'constant' or 'cosine'")
     rows, epoch, keep = [], 0, KeepBest()
     for name, epochs, lr, trainable in phases(cfg):
         set_trainable(model, trainable)
-        if cfg.get("lr_schedule", "constant") == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
+        if schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
             lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps, alpha=0.01)
-        elif cfg.get("lr_schedule", "constant") != "constant":
-            raise ValueError(f"train.lr_schedule: unknown {cfg['lr_schedule']!r}; choose 'constant' or 'cosine'")
-        ema = float(cfg.get("ema_momentum", 0))
-        optimizer = keras.optimizers.Adam(lr, use_ema=ema > 0, ema_momentum=ema or 0.99)
+        optimizer = keras.optimizers.Adam(lr, use_ema=ema > 0, ema_momentum=ema)
         model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
         history = History(name, steps * int(cfg["batch_size"]))
         # With EMA, validation, early stopping and KeepBest all see the averaged weights.
