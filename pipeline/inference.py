@@ -17,14 +17,13 @@ def tta_sizes(input_size: int, scales: Sequence[float]) -> list[int]:
     return [max(32, int(round(input_size * float(s) / 32)) * 32) for s in scales]
 
 
-def predict_probs(model, images: list[np.ndarray], sizes: int | Sequence[int], batch_size: int = 8,
+def predict_probs(model, images: list[np.ndarray], sizes: Sequence[int], batch_size: int = 8,
                   flip: bool = False) -> list[np.ndarray]:
     """Resize to each model input side in `sizes`, predict, resize back to the image's size, average.
 
     Several sides and `flip` (the mirrored image too) are test-time augmentation: small faces
     are found more often at a larger side, and averaging smooths the map's boundaries.
     """
-    sizes = [sizes] if isinstance(sizes, (int, np.integer)) else list(sizes)
     out = [np.zeros(im.shape[:2], np.float32) for im in images]
     n = len(sizes) * (2 if flip else 1)
     for size in sizes:

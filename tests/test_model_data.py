@@ -158,9 +158,9 @@ def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
         tta_sizes(416, [])
     image = np.zeros((30, 50, 3), np.uint8)
     image[:, :10] = 255  # left edge bright: the mirrored prediction must be flipped back
-    (plain,) = predict_probs(_SizeProbe(), [image], 64)
+    (plain,) = predict_probs(_SizeProbe(), [image], [64])
     (multi,) = predict_probs(_SizeProbe(), [image], [64, 128])
-    (mirrored,) = predict_probs(_SizeProbe(), [image], 64, flip=True)
+    (mirrored,) = predict_probs(_SizeProbe(), [image], [64], flip=True)
     assert plain.shape == multi.shape == mirrored.shape == (30, 50)
     assert np.allclose(multi[15, 25], (0.064 + 0.128) / 2, atol=1e-6)
     assert np.allclose(mirrored, plain, atol=1e-6)  # flip-back restores the bright left edge
