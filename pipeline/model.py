@@ -104,6 +104,7 @@ def build_unet(
     decoder: str = "conv",
     decoder_filters: tuple[int, ...] = (64, 48, 32, 24),
     bn_momentum: float = 0.99,
+    name: str | None = None,
 ) -> keras.Model:
     """U-Net: RGB 0..255 image (sides multiples of 32) -> face probability per pixel, same size.
 
@@ -130,11 +131,25 @@ def build_unet(
     x = layers.Conv2D(1, 1, name="logits")(x)
     x = BilinearUpsample2x(name="up_full")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(x)
-    model = keras.Model(inputs, outputs, name=f"unet_{backbone}_{alpha}")
+    model = keras.Model(inputs, outputs, name=name or f"unet_{backbone}_{alpha}")
     for layer in [*model.get_layer("encoder").layers, *model.layers]:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = bn_momentum
     return model
+
+
+def average_models(models: list[keras.Model]) -> keras.Model:
+    """One model whose output is the mean of its members' probabilities.
+
+    Members trained from other seeds err on different pixels, so their mean is a better map
+    than any one of them. Saved, evaluated and served as a single model; it costs the sum of
+    the members' inference time. Member names must differ (`build_unet(name=...)`).
+    """
+    if len(models) == 1:
+        return models[0]
+    inputs = keras.Input((None, None, 3), name="image")
+    outputs = layers.Average(dtype="float32", name="mask")([m(inputs) for m in models])
+    return keras.Model(inputs, outputs, name="ensemble")
 
 
 def set_trainable(model: keras.Model, trainable_layers: int | str) -> int:

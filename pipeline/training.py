@@ -12,7 +12,7 @@ from pipeline.config import resolve_path
 from pipeline.data import make_dataset, to_arrays
 from pipeline.formats import Sample
 from pipeline.losses import dice, get_loss
-from pipeline.model import build_unet, set_trainable
+from pipeline.model import average_models, build_unet, set_trainable
 
 
 class History(keras.callbacks.Callback):
@@ -61,15 +61,18 @@ def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
 
 
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
-        callbacks: list | None = None) -> pd.DataFrame:
-    """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases."""
+        callbacks: list | None = None, first_epoch: int = 0) -> pd.DataFrame:
+    """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases.
+
+    Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
+    """
     ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
                            crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
     schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"train.lr_schedule: unknown {schedule!r}; choose 'constant' or 'cosine'")
-    rows, epoch, keep = [], 0, KeepBest()
+    rows, epoch, keep = [], first_epoch, KeepBest()
     for name, epochs, lr, trainable in phases(cfg):
         set_trainable(model, trainable)
         if schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
@@ -91,30 +94,42 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
 
 def train_from_params(params: dict, train: list[Sample], val: list[Sample], callbacks: list | None = None):
     """Seed, build the U-Net the params describe and fit it: (model, history). Shared by the train
-    stage and the cross-validation benchmark, so both train exactly the same way."""
+    stage and the cross-validation benchmark, so both train exactly the same way.
+
+    With `train.ensemble: N > 1`, N members are trained with seeds seed, seed+1, ... (weights
+    init, crops and augmentation all differ) and returned as one model averaging their outputs.
+    """
     import tensorflow as tf
 
     mcfg, tcfg = params["model"], params["train"]
-    size = int(mcfg["input_size"])
+    size, members = int(mcfg["input_size"]), int(tcfg.get("ensemble", 1))
     for key, value in (("model.input_size", size), ("train.crop_size", tcfg.get("crop_size") or size)):
         if int(value) % 32:
             raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
-    keras.utils.set_random_seed(int(tcfg["seed"]))
+    if members < 1:
+        raise ValueError(f"params.yaml train.ensemble must be >= 1 (the number of models to average), got {members}")
     tf.config.experimental.enable_op_determinism()
     weights = mcfg["weights"]
     weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
-    model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
-                       float(mcfg["bn_momentum"]))
-    history = fit(model, to_arrays(train, size), to_arrays(val, size), tcfg, callbacks)
-    return model, history
+    arrays, models, histories = (to_arrays(train, size), to_arrays(val, size)), [], []
+    for k in range(members):
+        seed = int(tcfg["seed"]) + k
+        keras.utils.set_random_seed(seed)
+        model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
+                           float(mcfg["bn_momentum"]), name=f"member{k}" if members > 1 else None)
+        first = int(histories[-1]["epoch"].max()) + 1 if histories else 0
+        history = fit(model, *arrays, {**tcfg, "seed": seed}, callbacks, first_epoch=first)
+        models.append(model)
+        histories.append(history.assign(member=k))
+    return average_models(models), pd.concat(histories, ignore_index=True)
 
 
 def summarize(history: pd.DataFrame) -> dict:
-    """Best val dice, epochs and training throughput (time-weighted images/s) of a fit."""
-    best = history.loc[history["val_dice"].idxmax()]
+    """Best val dice (the mean over ensemble members), epochs and training throughput (time-weighted images/s)."""
+    best = history.loc[history.groupby("member")["val_dice"].idxmax()]
     return {
-        "best_val_dice": float(best["val_dice"]),
-        "best_epoch": int(best["epoch"]),
+        "best_val_dice": float(best["val_dice"].mean()),
+        "best_epoch": int(best["epoch"].iloc[-1]),
         "epochs_run": len(history),
         "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
         "train_seconds": float(history["train_seconds"].sum()),

@@ -184,3 +184,36 @@ def test_fit_keeps_the_weights_it_validated_best(ema):
     model.compile(loss="binary_crossentropy", metrics=[dice])
     score = model.evaluate(val[0].astype(np.float32), val[1], batch_size=4, verbose=0, return_dict=True)["dice"]
     assert score == pytest.approx(history["val_dice"].max(), abs=1e-5)
+
+
+def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
+    """train.ensemble: 2 gives one saveable model whose output is the mean of two distinct members,
+    the first of which is exactly the single model the same seed trains."""
+    from pipeline.model import load_model
+    from pipeline.synthetic import generate
+    from pipeline.training import summarize, train_from_params
+
+    samples = generate(24, 64, 64, 2, seed=5)
+    params = {
+        "model": {"backbone": "mobilenet", "alpha": 0.25, "input_size": 64, "weights": "none", "decoder": "conv",
+                  "decoder_filters": [8, 8, 8, 8], "bn_momentum": 0.9},
+        "train": {"seed": 3, "batch_size": 4, "crop_size": None, "loss": "bce_dice", "epochs": 0, "lr": 0.0,
+                  "trainable_layers": 0, "finetune_epochs": 3, "finetune_lr": 0.01, "finetune_trainable_layers": "all",
+                  "patience": 0, "ensemble": 2},
+    }
+    ensemble, history = train_from_params(params, samples[:20], samples[20:])
+    assert history["member"].tolist() == [0, 0, 0, 1, 1, 1] and history["epoch"].tolist() == list(range(6))
+    assert summarize(history)["best_val_dice"] == pytest.approx(history.groupby("member")["val_dice"].max().mean())
+
+    x = to_arrays(samples[20:], 64)[0].astype(np.float32)
+    a, b = (ensemble.get_layer(f"member{k}").predict(x, verbose=0) for k in (0, 1))
+    assert np.abs(a - b).mean() > 1e-3  # other seed, other model
+    out = ensemble.predict(x, verbose=0)
+    assert out.shape == x.shape[:3] + (1,) and np.allclose(out, (a + b) / 2, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    assert np.allclose(load_model(tmp_path / "ensemble.keras").predict(x, verbose=0), out, atol=1e-6)
+
+    single, _ = train_from_params({**params, "train": {**params["train"], "ensemble": 1}}, samples[:20], samples[20:])
+    assert np.allclose(single.predict(x, verbose=0), a, atol=1e-5)
+    with pytest.raises(ValueError, match="train.ensemble must be >= 1"):
+        train_from_params({**params, "train": {**params["train"], "ensemble": 0}}, samples[:20], samples[20:])
