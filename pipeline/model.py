@@ -143,12 +143,15 @@ def average_models(models: list[keras.Model]) -> keras.Model:
 
     Members trained from other seeds err on different pixels, so their mean is a better map
     than any one of them. Saved, evaluated and served as a single model; it costs the sum of
-    the members' inference time. Member names must differ (`build_unet(name=...)`).
+    the members' inference time. Member names must differ (`build_unet(name=...)`). Each member
+    is re-wrapped (same layers) without its compile state: a nested compiled model needs the
+    training loss registered to load, and a serving process does not import it.
     """
     if len(models) == 1:
         return models[0]
+    members = [keras.Model(m.input, m.output, name=m.name) for m in models]
     inputs = keras.Input((None, None, 3), name="image")
-    outputs = layers.Average(dtype="float32", name="mask")([m(inputs) for m in models])
+    outputs = layers.Average(dtype="float32", name="mask")([m(inputs) for m in members])
     return keras.Model(inputs, outputs, name="ensemble")
 
 

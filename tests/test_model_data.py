@@ -212,6 +212,13 @@ def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
     assert out.shape == x.shape[:3] + (1,) and np.allclose(out, (a + b) / 2, atol=1e-6)
     ensemble.save(tmp_path / "ensemble.keras")
     assert np.allclose(load_model(tmp_path / "ensemble.keras").predict(x, verbose=0), out, atol=1e-6)
+    # A serving process imports pipeline.model, not the training losses: it must load there too.
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np; from pipeline.model import load_model; "
+            "np.save(sys.argv[2], load_model(sys.argv[1]).predict(np.load(sys.argv[3]), verbose=0))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "ensemble.keras"), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+                   check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert np.allclose(np.load(tmp_path / "y.npy"), out, atol=1e-6)
 
     single, _ = train_from_params({**params, "train": {**params["train"], "ensemble": 1}}, samples[:20], samples[20:])
     assert np.allclose(single.predict(x, verbose=0), a, atol=1e-5)
