@@ -117,8 +117,7 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
         keras.utils.set_random_seed(seed)
         model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
                            float(mcfg["bn_momentum"]), name=f"member{k}" if members > 1 else None)
-        first = int(histories[-1]["epoch"].max()) + 1 if histories else 0
-        history = fit(model, *arrays, {**tcfg, "seed": seed}, callbacks, first_epoch=first)
+        history = fit(model, *arrays, {**tcfg, "seed": seed}, callbacks, first_epoch=sum(map(len, histories)))
         models.append(model)
         histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)
