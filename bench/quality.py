@@ -5,9 +5,9 @@
     python -m bench.quality --preset widerface -S train.finetune_epochs=20 -S model.input_size=512
 
 Each fold trains on the other folds (15% of them held out as val for early stopping and the
-threshold) with the same code as the DVC stages, then evaluates the fold. Prints every fold
-and mean +- std of dice, IoU, pooled dice and face recall/precision by size, with training and
-inference images/s; `--out` writes the table as CSV.
+threshold, or trained on too with train.use_val) with the same code as the DVC stages, then
+evaluates the fold. Prints every fold and mean +- std of dice, IoU, pooled dice and face
+recall/precision by size, with training and inference images/s; `--out` writes the table as CSV.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_p
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
 from pipeline.split import kfold, split_dataset
-from pipeline.training import summarize, train_from_params
+from pipeline.training import summarize, train_from_params, training_images
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
@@ -62,8 +62,9 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
         without, _, _ = evaluate_model(model, val, test, plain_cfg, size)
         plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
                  "face_recall_plain": without["face_recall"], "infer_img_s_plain": (len(val) + len(test)) / (time.perf_counter() - start)}
-    fit = summarize(history)
-    return {**metrics, **plain, "fold": fold, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+    fit = summarize(history, params["train"].get("use_val", False))
+    n_train = len(training_images(params, train, val))
+    return {**metrics, **plain, "fold": fold, "n_train": n_train, "n_val": len(val), "n_test": len(test),
             "epochs_run": fit["epochs_run"], "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"],
             "infer_img_s": (len(val) + len(test)) / infer_s}
 

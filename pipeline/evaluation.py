@@ -57,12 +57,13 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, inpu
     """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
-    only here, after every choice has been made on val.
+    only here, after every choice has been made on val. A number in `evaluate.threshold` is used
+    instead of val's choice (the table is still val's curve), for models trained on val.
     """
     flip, min_area, sizes = bool(cfg["flip_tta"]), int(cfg["min_area"]), tta_sizes(input_size, cfg["tta_scales"])
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=flip)  # noqa: E731
     table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area)
-    threshold = choose_threshold(table)
+    threshold = choose_threshold(table) if cfg.get("threshold") is None else float(cfg["threshold"])
     metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]))
     metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
     return metrics, table, preds

@@ -72,7 +72,8 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"train.lr_schedule: unknown {schedule!r}; choose 'constant' or 'cosine'")
-    rows, epoch, keep = [], first_epoch, KeepBest()
+    # With train.use_val the val images are training images: their dice no longer picks an epoch.
+    rows, epoch, keep = [], first_epoch, [] if cfg.get("use_val") else [KeepBest()]
     for name, epochs, lr, trainable in phases(cfg):
         set_trainable(model, trainable)
         if schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
@@ -84,12 +85,31 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
         swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []
         stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=int(cfg["patience"]))] if cfg["patience"] else []
         model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
-                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, *swap, *stop, *keep, *(callbacks or [])], verbose=2)
         rows += history.rows
         epoch += len(history.rows)
-    if keep.weights is not None:
-        model.set_weights(keep.weights)
+    if keep and keep[0].weights is not None:
+        model.set_weights(keep[0].weights)
     return pd.DataFrame(rows)
+
+
+def training_images(params: dict, train: list[Sample], val: list[Sample]) -> list[Sample]:
+    """The images a fit learns from: the train split, plus the val split with `train.use_val`.
+
+    On a small data set the val images are worth more as training data than as a judge: the
+    last epoch is kept instead of the best val epoch, and `evaluate.threshold` replaces the
+    threshold val would choose. Both are checked here, before any training time is spent.
+    """
+    tcfg = params["train"]
+    if not tcfg.get("use_val"):
+        return train
+    if int(tcfg.get("patience") or 0):
+        raise ValueError("params.yaml train.use_val trains on the val images, so their dice cannot stop training: "
+                         "set train.patience to 0")
+    if params.get("evaluate", {}).get("threshold") is None:
+        raise ValueError("params.yaml train.use_val trains on the val images, so they cannot choose the mask threshold: "
+                         "set evaluate.threshold (e.g. 0.45)")
+    return train + val
 
 
 def train_from_params(params: dict, train: list[Sample], val: list[Sample], callbacks: list | None = None):
@@ -98,6 +118,7 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
 
     With `train.ensemble: N > 1`, N members are trained with seeds seed, seed+1, ... (weights
     init, crops and augmentation all differ) and returned as one model averaging their outputs.
+    With `train.use_val`, `val` is trained on too (see `training_images`).
     """
     import tensorflow as tf
 
@@ -108,6 +129,7 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
             raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
     if members < 1:
         raise ValueError(f"params.yaml train.ensemble must be >= 1 (the number of models to average), got {members}")
+    train = training_images(params, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = mcfg["weights"]
     weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
@@ -123,9 +145,11 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
     return average_models(models), pd.concat(histories, ignore_index=True)
 
 
-def summarize(history: pd.DataFrame) -> dict:
-    """Best val dice (the mean over ensemble members), epochs and training throughput (time-weighted images/s)."""
-    best = history.loc[history.groupby("member")["val_dice"].idxmax()]
+def summarize(history: pd.DataFrame, use_val: bool = False) -> dict:
+    """Val dice of the kept epochs (the mean over ensemble members), epochs and training throughput
+    (time-weighted images/s). Each member keeps its best val epoch, or its last with `train.use_val`
+    (whose val dice is then measured on training images)."""
+    best = history.groupby("member").tail(1) if use_val else history.loc[history.groupby("member")["val_dice"].idxmax()]
     return {
         "best_val_dice": float(best["val_dice"].mean()),
         "best_epoch": int(best["epoch"].iloc[-1]),

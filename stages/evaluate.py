@@ -1,4 +1,4 @@
-"""evaluate: threshold chosen on val; metrics on test at each image's own resolution."""
+"""evaluate: threshold chosen on val (or evaluate.threshold); metrics on test at each image's own resolution."""
 
 import logging
 

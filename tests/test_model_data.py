@@ -167,23 +167,58 @@ def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
     assert plain[15, 2] > plain[15, 40]
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.8])
-def test_fit_keeps_the_weights_it_validated_best(ema):
-    """With weight averaging too, the returned model is the one that scored the best val dice."""
+@pytest.mark.parametrize("ema, use_val", [(0.0, False), (0.8, False), (0.0, True)])
+def test_fit_keeps_the_weights_it_validated_best(ema, use_val):
+    """With weight averaging too, the returned model is the one that scored the best val dice;
+    with train.use_val (val images are training images) it is the last epoch's."""
     from pipeline.synthetic import generate
-    from pipeline.training import fit
+    from pipeline.training import fit, summarize
 
     samples = generate(40, 64, 64, 2, seed=3)
     train, val = to_arrays(samples[:32], 64), to_arrays(samples[32:], 64)
-    cfg = {"batch_size": 4, "seed": 0, "loss": "bce_dice", "epochs": 0, "lr": 0.0, "trainable_layers": 0,
+    cfg = {"batch_size": 4, "seed": 0, "loss": "bce_dice", "epochs": 0, "lr": 0.0, "trainable_layers": 0, "use_val": use_val,
            "finetune_epochs": 6, "finetune_lr": 0.01, "finetune_trainable_layers": "all", "patience": 0, "ema_momentum": ema}
     keras.utils.set_random_seed(0)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
-    history = fit(model, train, val, cfg)
+    history = fit(model, train, val, cfg).assign(member=0)
     assert len(history) == 6 and history["val_dice"].nunique() > 1
     model.compile(loss="binary_crossentropy", metrics=[dice])
     score = model.evaluate(val[0].astype(np.float32), val[1], batch_size=4, verbose=0, return_dict=True)["dice"]
-    assert score == pytest.approx(history["val_dice"].max(), abs=1e-5)
+    kept = history.iloc[-1] if use_val else history.loc[history["val_dice"].idxmax()]
+    assert score == pytest.approx(kept["val_dice"], abs=1e-5)
+    assert summarize(history, use_val)["best_epoch"] == kept["epoch"]
+    if use_val:
+        assert history["val_dice"].iloc[-1] < history["val_dice"].max()  # else the case would not tell them apart
+
+
+def test_use_val_trains_on_val_only_with_a_fixed_threshold_and_no_early_stopping():
+    from pipeline.training import training_images
+
+    train, val = ["a", "b"], ["c"]
+    params = {"train": {"use_val": False, "patience": 6}, "evaluate": {"threshold": None}}
+    assert training_images(params, train, val) == ["a", "b"]
+    params["train"]["use_val"] = True
+    with pytest.raises(ValueError, match="set train.patience to 0"):
+        training_images(params, train, val)
+    params["train"]["patience"] = 0
+    with pytest.raises(ValueError, match="set evaluate.threshold"):
+        training_images(params, train, val)
+    params["evaluate"]["threshold"] = 0.45
+    assert training_images(params, train, val) == ["a", "b", "c"]
+
+
+def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
+    from pipeline.evaluation import evaluate_model
+    from pipeline.synthetic import generate
+
+    val, test = generate(6, 64, 64, 2, seed=1)[:3], generate(6, 64, 64, 2, seed=2)[3:]
+    cfg = {"flip_tta": False, "tta_scales": [1.0], "min_area": 0, "threshold_grid": [0.05, 0.1, 0.01], "split_faces": False}
+    chosen, table, _ = evaluate_model(_SizeProbe(), val, test, {**cfg, "threshold": None}, 64)
+    assert chosen["threshold"] == table.loc[table["dice"].idxmax(), "threshold"] and chosen["threshold"] < 0.064
+    fixed, same_table, _ = evaluate_model(_SizeProbe(), val, test, {**cfg, "threshold": 0.5}, 64)
+    assert fixed["threshold"] == 0.5 and same_table.equals(table)
+    # Probabilities are ~0.064: nothing passes 0.5, which scores 1 only on the images without faces.
+    assert fixed["dice"] == pytest.approx(np.mean([len(s.boxes) == 0 for s in test])) != chosen["dice"]
 
 
 def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
