@@ -24,7 +24,7 @@ from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_p
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
 from pipeline.split import kfold, split_dataset
-from pipeline.training import summarize, train_from_params, training_images
+from pipeline.training import summarize, train_from_params
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
@@ -62,9 +62,8 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
         without, _, _ = evaluate_model(model, val, test, plain_cfg, size)
         plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
                  "face_recall_plain": without["face_recall"], "infer_img_s_plain": (len(val) + len(test)) / (time.perf_counter() - start)}
-    fit = summarize(history, params["train"].get("use_val", False))
-    n_train = len(training_images(params, train, val))
-    return {**metrics, **plain, "fold": fold, "n_train": n_train, "n_val": len(val), "n_test": len(test),
+    fit = summarize(history, params, train, val)
+    return {**metrics, **plain, "fold": fold, "n_train": fit["n_train"], "n_val": fit["n_val"], "n_test": len(test),
             "epochs_run": fit["epochs_run"], "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"],
             "infer_img_s": (len(val) + len(test)) / infer_s}
 

@@ -72,8 +72,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"train.lr_schedule: unknown {schedule!r}; choose 'constant' or 'cosine'")
-    # With train.use_val the val images are training images: their dice no longer picks an epoch.
-    rows, epoch, keep = [], first_epoch, [] if cfg.get("use_val") else [KeepBest()]
+    rows, epoch, keep = [], first_epoch, KeepBest()
     for name, epochs, lr, trainable in phases(cfg):
         set_trainable(model, trainable)
         if schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
@@ -85,11 +84,12 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
         swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []
         stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=int(cfg["patience"]))] if cfg["patience"] else []
         model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
-                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, *swap, *stop, *keep, *(callbacks or [])], verbose=2)
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
         rows += history.rows
         epoch += len(history.rows)
-    if keep and keep[0].weights is not None:
-        model.set_weights(keep[0].weights)
+    # With train.use_val the val images are training images: their dice picks no epoch, the last stays.
+    if not cfg.get("use_val") and keep.weights is not None:
+        model.set_weights(keep.weights)
     return pd.DataFrame(rows)
 
 
@@ -145,12 +145,15 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
     return average_models(models), pd.concat(histories, ignore_index=True)
 
 
-def summarize(history: pd.DataFrame, use_val: bool = False) -> dict:
-    """Val dice of the kept epochs (the mean over ensemble members), epochs and training throughput
-    (time-weighted images/s). Each member keeps its best val epoch, or its last with `train.use_val`
-    (whose val dice is then measured on training images)."""
+def summarize(history: pd.DataFrame, params: dict, train: list[Sample], val: list[Sample]) -> dict:
+    """Val dice of the kept epochs (the mean over ensemble members), epochs, image counts and training
+    throughput (time-weighted images/s). Each member keeps its best val epoch, or its last with
+    `train.use_val` (whose val dice is then measured on training images)."""
+    use_val = bool(params["train"].get("use_val"))
     best = history.groupby("member").tail(1) if use_val else history.loc[history.groupby("member")["val_dice"].idxmax()]
     return {
+        "n_train": len(training_images(params, train, val)),
+        "n_val": len(val),
         "best_val_dice": float(best["val_dice"].mean()),
         "best_epoch": int(best["epoch"].iloc[-1]),
         "epochs_run": len(history),

@@ -7,7 +7,7 @@ import mlflow
 from pipeline.config import load_params
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.tracking import epoch_logger, new_run
-from pipeline.training import encoder_weights_note, summarize, train_from_params, training_images
+from pipeline.training import encoder_weights_note, summarize, train_from_params
 from stages.common import MODEL, RUN, split_samples
 
 METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
@@ -25,9 +25,7 @@ def main() -> None:
             model.save(tmp)
         write_csv(HISTORY, history)
         summary = {
-            **summarize(history, params["train"].get("use_val", False)),
-            "n_train": len(training_images(params, train, val)),
-            "n_val": len(val),
+            **summarize(history, params, train, val),
             "n_params": int(model.count_params()),
         }
         write_json(METRICS, summary)
