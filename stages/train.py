@@ -42,9 +42,10 @@ def _curves(history):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    validated = history.dropna(subset=["val_loss"])  # train.val_every skips epochs
     for ax, key in zip(axes, ["loss", "dice"]):
         ax.plot(history["epoch"], history[key], label=f"train {key}")
-        ax.plot(history["epoch"], history[f"val_{key}"], label=f"val {key}")
+        ax.plot(validated["epoch"], validated[f"val_{key}"], label=f"val {key}")
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()

@@ -192,6 +192,33 @@ def test_fit_keeps_the_weights_it_validated_best(ema, use_val):
         assert history["val_dice"].iloc[-1] < history["val_dice"].max()  # else the case would not tell them apart
 
 
+def test_val_every_skips_validations_without_changing_the_training():
+    """train.val_every only saves the time of predicting val: the same seed trains the same weights,
+    and the phase's last epoch is always validated."""
+    import tensorflow as tf
+
+    from pipeline.synthetic import generate
+    from pipeline.training import fit
+
+    tf.config.experimental.enable_op_determinism()  # as train_from_params does
+    samples = generate(24, 64, 64, 2, seed=3)
+    train, val = to_arrays(samples[:20], 64), to_arrays(samples[20:], 64)
+    cfg = {"batch_size": 4, "seed": 0, "loss": "bce_dice", "epochs": 2, "lr": 0.01, "trainable_layers": "all", "use_val": True,
+           "finetune_epochs": 5, "finetune_lr": 0.01, "finetune_trainable_layers": "all", "patience": 0}
+    runs = {}
+    for every in (1, 2):
+        keras.utils.set_random_seed(0)
+        model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+        runs[every] = fit(model, train, val, {**cfg, "val_every": every}), model.get_weights()
+    (full, w1), (sparse, w2) = runs[1], runs[2]
+    # Phase 1 (epochs 0-1) validates its 2nd and last; phase 2 (epochs 2-6) its 2nd, 4th and last.
+    assert sparse["val_dice"].notna().tolist() == [False, True, False, True, False, True, True]
+    assert full["val_dice"].notna().all() and np.allclose(sparse["loss"], full["loss"])
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2))
+    with pytest.raises(ValueError, match="train.val_every must be >= 1"):
+        fit(model, train, val, {**cfg, "val_every": 0})
+
+
 def test_use_val_trains_on_val_only_with_a_fixed_threshold_and_no_early_stopping():
     from pipeline.training import training_images
 
