@@ -66,7 +66,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
 
     Val is predicted every `val_every` epochs of a phase and at its last epoch (early stopping's
     patience then counts validations). With `use_val` it judges nothing, and predicting it every
-    epoch took about a sixth of a preset fold.
+    epoch took about 15% of a preset fold.
 
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
     """
