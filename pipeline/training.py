@@ -71,7 +71,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
     """
     ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
-                           crop_size=cfg.get("crop_size"), input_size=val[0].shape[1])
+                           crop_size=cfg.get("crop_size"))
     x_val, y_val = val[0].astype(np.float32), val[1]
     schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
     if schedule not in ("constant", "cosine"):
@@ -139,15 +139,11 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
             raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
     if members < 1:
         raise ValueError(f"params.yaml train.ensemble must be >= 1 (the number of models to average), got {members}")
-    source = int(tcfg.get("source_size") or size)
-    if source < size:
-        raise ValueError(f"params.yaml train.source_size ({source}) must be at least model.input_size ({size}): "
-                         "it is the side the training images are stored at, to crop enlarged faces from")
     train = training_images(params, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = mcfg["weights"]
     weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
-    arrays, models, histories = (to_arrays(train, source), to_arrays(val, size)), [], []
+    arrays, models, histories = (to_arrays(train, size), to_arrays(val, size)), [], []
     for k in range(members):
         seed = int(tcfg["seed"]) + k
         keras.utils.set_random_seed(seed)

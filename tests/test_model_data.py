@@ -110,29 +110,27 @@ def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
     assert len({float(batch[1].numpy().sum()) for batch in a}) > 1  # crops differ
 
 
-def test_crops_from_larger_stored_images_keep_the_photos_detail():
-    """train.source_size: zoom stays relative to the model's input side, but an enlarged crop is cut
-    from the larger stored image (its own pixels) instead of upsampling the input-side image."""
-    from pipeline.training import train_from_params
+def test_crops_are_the_draws_of_tensorflows_own_flip_and_crop():
+    """The window is cut before the float copy and the flip (half the input pipeline's cost), yet each
+    crop is exactly what stateless_random_flip_left_right + stateless_random_crop of the image give."""
+    import tensorflow as tf
 
-    x = np.zeros((1, 64, 64, 3), np.uint8)
-    x[0, :, ::2] = 255  # 1 px stripes: detail that a 32 px copy cannot hold
-    y = np.zeros((1, 64, 64, 1), np.float32)
-    y[0, 16:32, 16:32] = 1  # a 16 px face at the stored side, 8 px at the input side
-    whole = next(iter(make_dataset(x, y, 1, {"zoom": [1.0, 1.0]}, seed=0, input_size=32)[0]))
-    assert whole[0].shape == (1, 32, 32, 3) and float(whole[1].numpy().sum()) == pytest.approx(64)
+    from pipeline.data import _augment
 
-    windows = np.lib.stride_tricks.sliding_window_view(x[0], (16, 16, 3)).reshape(-1, 16, 16, 3)
-    for sx, sy, input_size in ((x, y, 32), (x[:, ::2, ::2], y[:, ::2, ::2], None)):  # stored at 64 px / at 32 (old way)
-        crop = next(iter(make_dataset(sx, sy, 1, {"zoom": [2.0, 2.0]}, seed=0, crop_size=16,
-                                      input_size=input_size)[0]))[0].numpy()[0]
-        assert crop.shape == (16, 16, 3)
-        exact = bool((np.abs(windows - crop).max(axis=(1, 2, 3)) < 1e-3).any())
-        assert exact == (input_size == 32)  # only the larger stored image gives the photo's own pixels
-
-    params = {"model": {"input_size": 64}, "train": {"crop_size": None, "ensemble": 1, "source_size": 32}}
-    with pytest.raises(ValueError, match="train.source_size"):
-        train_from_params(params, [], [])
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    mask = rng.random((40, 48, 1)).astype(np.float32)
+    flips = 0
+    for k in range(12):
+        seed = tf.constant([k, 7], tf.int64)
+        x, y = _augment(tf.constant(image), tf.constant(mask), seed, {"flip": True, "zoom": [0.7, 2.5]}, 24)
+        seeds = tf.random.experimental.stateless_split(seed, 6)
+        both = tf.image.stateless_random_flip_left_right(tf.concat([image.astype(np.float32), mask], -1), seeds[0])
+        crop = tf.cast(tf.clip_by_value(tf.round(24 / tf.random.stateless_uniform([], seeds[1], 0.7, 2.5 + 1e-6)), 8.0, 40.0), tf.int32)
+        reference = tf.image.resize(tf.image.stateless_random_crop(both, tf.stack([crop, crop, 4]), seeds[2]), [24, 24])
+        np.testing.assert_array_equal(np.concatenate([x.numpy(), y.numpy()], -1), reference.numpy())
+        flips += bool(tf.random.stateless_uniform([], seeds[0], 0, 1.0) < 0.5)
+    assert 0 < flips < 12  # both branches were compared
 
 
 def test_to_arrays_keeps_tiny_faces_as_fractional_targets():
