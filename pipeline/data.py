@@ -59,11 +59,11 @@ def _augment(image, mask, seed, cfg: dict, out_size: int):
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
     # The draws of stateless_random_flip_left_right, then stateless_random_crop of the flipped image,
-    # but the window is cut before the float copy and the flip: the same crops at about half the cost.
+    # but the window is cut before the float copy and the flip: the same crops at a third to half the cost.
     flip = tf.random.stateless_uniform([], seeds[0], 0, 1.0) < 0.5 if cfg.get("flip", False) else tf.constant(False)
     zoom_min, zoom_max = cfg.get("zoom", [1.0, 1.0])
     zoom = tf.random.stateless_uniform([], seeds[1], float(zoom_min), float(zoom_max) + 1e-6)
-    crop = tf.cast(tf.clip_by_value(tf.round(out_size / zoom), 8.0, tf.cast(height, tf.float32)), tf.int32)
+    crop = tf.cast(tf.clip_by_value(tf.round(out_size / zoom), 8.0, tf.cast(tf.minimum(height, width), tf.float32)), tf.int32)
     limit = tf.stack([height - crop + 1, width - crop + 1, 1])
     top, left, _ = tf.unstack(tf.random.stateless_uniform([3], seeds[2], maxval=tf.int32.max, dtype=tf.int32) % limit)
     left = tf.where(flip, width - left - crop, left)  # the same window, counted from the mirrored side
