@@ -3,6 +3,8 @@
     python -m bench.quality --preset widerface            # 5-fold on ../shared/data/widerface-dev
     python -m bench.quality --preset course --folds 1     # the course baseline, first fold only
     python -m bench.quality --preset widerface -S train.finetune_epochs=20 -S model.input_size=512
+    python -m bench.quality --preset widerface --save runs/cv        # keep each fold's model ...
+    python -m bench.quality --preset widerface --load runs/cv -S 'evaluate.tta_scales=[1.0,2.0]'  # ... re-score it
 
 Each fold trains on the other folds (15% of them held out as val for early stopping and the
 threshold, or trained on too with train.use_val) with the same code as the DVC stages, then
@@ -23,6 +25,7 @@ import yaml
 from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_path
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
+from pipeline.model import load_model
 from pipeline.split import kfold, split_dataset
 from pipeline.training import summarize, train_from_params
 
@@ -40,7 +43,8 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None) -> dict:
+def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None,
+             load: str | None = None) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
     rest = [by_id[i] for i in folds.index[folds != fold]]
@@ -48,7 +52,10 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
     train = [by_id[i] for i in split.image_id[split.split == "train"]]
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
-    model, history = train_from_params(params, train, val)
+    if load:  # a fold model saved by an earlier run: re-scored with this run's evaluate settings
+        model, history = load_model(os.path.join(load, f"fold{fold}.keras")), None
+    else:
+        model, history = train_from_params(params, train, val)
     if save:
         os.makedirs(save, exist_ok=True)
         model.save(os.path.join(save, f"fold{fold}.keras"))
@@ -62,10 +69,12 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
         without, _, _ = evaluate_model(model, val, test, plain_cfg, size)
         plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
                  "face_recall_plain": without["face_recall"], "infer_img_s_plain": (len(val) + len(test)) / (time.perf_counter() - start)}
+    row = {**metrics, **plain, "fold": fold, "n_test": len(test), "infer_img_s": (len(val) + len(test)) / infer_s}
+    if history is None:
+        return row
     fit = summarize(history, params, train, val)
-    return {**metrics, **plain, "fold": fold, "n_train": fit["n_train"], "n_val": fit["n_val"], "n_test": len(test),
-            "epochs_run": fit["epochs_run"], "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"],
-            "infer_img_s": (len(val) + len(test)) / infer_s}
+    return {**row, "n_train": fit["n_train"], "n_val": fit["n_val"], "epochs_run": fit["epochs_run"],
+            "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"]}
 
 
 def main() -> None:
@@ -81,6 +90,8 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
     parser.add_argument("--out", help="write the per-fold table as CSV")
     parser.add_argument("--save", help="folder to save each fold's model in (foldK.keras)")
+    parser.add_argument("--load", help="evaluate the fold models an earlier --save wrote to this folder instead of "
+                        "training: evaluate.* overrides (test-time scales, threshold) are then measured in minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -98,7 +109,7 @@ def main() -> None:
 
     rows = []
     for fold in range(args.start, min(args.start + args.folds, args.k)):
-        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save))
+        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load))
         shown = [c for c in ["fold", *COLUMNS, *PLAIN_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
@@ -110,8 +121,9 @@ def main() -> None:
           f"cpus={os.cpu_count()}")
     print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
                      for c in [*COLUMNS[:8], *PLAIN_COLUMNS[:3]] if c in summary.index))
-    print(f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; "
-          f"inference {table.infer_img_s.mean():.1f} img/s"
+    print((f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; " if "train_s" in table else
+           f"models loaded from {args.load}; ")
+          + f"inference {table.infer_img_s.mean():.1f} img/s"
           + (f" ({table.infer_img_s_plain.mean():.1f} img/s without test-time augmentation)" if "infer_img_s_plain" in table else ""))
 
 
