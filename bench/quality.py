@@ -52,12 +52,14 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
     train = [by_id[i] for i in split.image_id[split.split == "train"]]
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
-    if load:  # a fold model saved by an earlier run: re-scored with this run's evaluate settings
-        model, history = load_model(os.path.join(load, f"fold{fold}.keras")), None
+    if load:  # a fold model saved by an earlier run (same folds, checked in main): this run's evaluate settings
+        path = os.path.join(load, f"fold{fold}.keras")
+        if not os.path.isfile(path):
+            raise SystemExit(f"--load {load}: {path} does not exist; run with --save {load} first")
+        model, history = load_model(path), None
     else:
         model, history = train_from_params(params, train, val)
     if save:
-        os.makedirs(save, exist_ok=True)
         model.save(os.path.join(save, f"fold{fold}.keras"))
     size = int(params["model"]["input_size"])
     start = time.perf_counter()
@@ -89,8 +91,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
     parser.add_argument("--out", help="write the per-fold table as CSV")
-    parser.add_argument("--save", help="folder to save each fold's model in (foldK.keras)")
-    parser.add_argument("--load", help="evaluate the fold models an earlier --save wrote to this folder instead of "
+    saved = parser.add_mutually_exclusive_group()
+    saved.add_argument("--save", help="folder to save each fold's model in (foldK.keras, and folds.csv: the folds they used)")
+    saved.add_argument("--load", help="evaluate the fold models an earlier --save wrote to this folder instead of "
                         "training: evaluate.* overrides (test-time scales, threshold) are then measured in minutes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -106,6 +109,15 @@ def main() -> None:
     samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report())
     images, boxes = to_tables(samples)
     folds = kfold(images, boxes, args.k, args.seed)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+        folds.rename("fold").to_csv(os.path.join(args.save, "folds.csv"), index_label="image_id")
+    if args.load:  # models scored on other folds would be tested on images they were trained on
+        path = os.path.join(args.load, "folds.csv")
+        saved_folds = pd.read_csv(path, index_col="image_id")["fold"] if os.path.isfile(path) else None
+        if saved_folds is None or not saved_folds.sort_index().equals(folds.sort_index()):
+            raise SystemExit(f"--load {args.load}: its folds.csv is missing or differs from this run's folds "
+                             f"(data {args.data}, -k {args.k}, --seed {args.seed}); load models saved with the same ones")
 
     rows = []
     for fold in range(args.start, min(args.start + args.folds, args.k)):
@@ -121,9 +133,9 @@ def main() -> None:
           f"cpus={os.cpu_count()}")
     print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
                      for c in [*COLUMNS[:8], *PLAIN_COLUMNS[:3]] if c in summary.index))
-    print((f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold; " if "train_s" in table else
-           f"models loaded from {args.load}; ")
-          + f"inference {table.infer_img_s.mean():.1f} img/s"
+    cost = (f"models loaded from {args.load}" if args.load else
+            f"train {table.train_img_s.mean():.1f} img/s, {table.train_s.mean():.0f} s/fold")
+    print(f"{cost}; inference {table.infer_img_s.mean():.1f} img/s"
           + (f" ({table.infer_img_s_plain.mean():.1f} img/s without test-time augmentation)" if "infer_img_s_plain" in table else ""))
 
 
