@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--url", help="a running `mlflow models serve`, e.g. http://127.0.0.1:5001")
     target.add_argument("--model", help="run locally instead: a model URI, e.g. models:/face-segmenter@champion")
     p.add_argument("--out", help="overlay PNG (one image) or folder for overlays (several)")
-    p.add_argument("--threshold", type=float, help="mask threshold (default: the one chosen on val)")
+    p.add_argument("--threshold", type=float, help="mask threshold (default: the model's; with its threshold_ratio, the base of each image's threshold)")
     p.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 

@@ -13,12 +13,13 @@ from pipeline.masks import boxes_to_mask, postprocess
 from pipeline.metrics import dice, evaluate_masks, pixel_counts
 
 
-def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int) -> pd.DataFrame:
-    """Mean dice and pooled pixel precision/recall per threshold (the val PR curve)."""
+def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int,
+                    ratio: float = 0.0) -> pd.DataFrame:
+    """Mean dice and pooled pixel precision/recall per threshold (the val PR curve; with `ratio`, per base threshold)."""
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     rows = []
     for t in thresholds:
-        masks = [postprocess(p, float(t), min_area)[0] for p in probs]
+        masks = [postprocess(p, float(t), min_area, ratio=ratio)[0] for p in probs]
         tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
         rows.append({
             "threshold": round(float(t), 4),
@@ -35,9 +36,9 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
-             split: bool = False) -> tuple[dict, list]:
+             split: bool = False, ratio: float = 0.0) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from."""
-    preds = [postprocess(p, threshold, min_area, split) for p in probs]
+    preds = [postprocess(p, threshold, min_area, split, ratio) for p in probs]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
     return metrics, preds
@@ -61,9 +62,12 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, inpu
     instead of val's choice (the table is still val's curve), for models trained on val.
     """
     flip, min_area, sizes = bool(cfg["flip_tta"]), int(cfg["min_area"]), tta_sizes(input_size, cfg["tta_scales"])
+    ratio = float(cfg.get("threshold_ratio") or 0.0)
+    if not 0.0 <= ratio <= 1.0:  # before any prediction time is spent
+        raise ValueError(f"params.yaml evaluate.threshold_ratio must be between 0 (off) and 1, got {ratio}")
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=flip)  # noqa: E731
-    table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area)
+    table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area, ratio)
     threshold = choose_threshold(table) if cfg.get("threshold") is None else float(cfg["threshold"])
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]))
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]), ratio)
     metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
     return metrics, table, preds

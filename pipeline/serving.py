@@ -2,7 +2,7 @@
 
 Contract — input: DataFrame with column `image` (base64 JPEG or PNG). Output: one row per image
 with `mask` (base64 single-channel PNG, 0/255, the image's own size), `boxes` (JSON list of
-`[x1, y1, x2, y2, score]` in pixels) and `n_faces`. Params: `threshold`, `min_area`.
+`[x1, y1, x2, y2, score]` in pixels) and `n_faces`. Params: `threshold`, `threshold_ratio`, `min_area`.
 
 Bad input rejects the whole request (HTTP 400 from `mlflow models serve`) with one message
 listing every bad image by index, so a client fixes them all in one go; no partial results.
@@ -102,11 +102,12 @@ def decode_batch(model_input, limits: dict) -> list[np.ndarray]:
     return images
 
 
-def predict_images(model, images: list[np.ndarray], config: dict, threshold: float, min_area: int) -> pd.DataFrame:
+def predict_images(model, images: list[np.ndarray], config: dict, threshold: float, min_area: int,
+                   ratio: float = 0.0) -> pd.DataFrame:
     probs = predict_probs(model, images, config["tta_sizes"], flip=config["flip_tta"])
     rows = []
     for prob in probs:
-        mask, boxes = postprocess(prob, threshold, min_area, config["split_faces"])
+        mask, boxes = postprocess(prob, threshold, min_area, config["split_faces"], ratio)
         rows.append({
             "mask": encode_image(mask * 255),
             "boxes": json.dumps([[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]),
@@ -138,7 +139,8 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["config"]) as fh:
             config = json.load(fh)
         # Models registered before test-time augmentation have none of its keys: predict as they did.
-        self.config = {"tta_sizes": [config["input_size"]], "flip_tta": False, "split_faces": False, **config}
+        self.config = {"tta_sizes": [config["input_size"]], "flip_tta": False, "split_faces": False, "threshold_ratio": 0.0,
+                       **config}
         self.limits = {**DEFAULT_LIMITS, **self.config.get("limits", {})}
         for size in self.config["tta_sizes"]:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests
@@ -148,8 +150,11 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
         threshold = _param(params, "threshold", self.config["threshold"], float)
         if not 0.0 <= threshold <= 1.0:
             raise BadInput(f"param 'threshold' must be between 0 and 1, got {threshold}")
+        ratio = _param(params, "threshold_ratio", self.config["threshold_ratio"], float)
+        if not 0.0 <= ratio <= 1.0:
+            raise BadInput(f"param 'threshold_ratio' must be between 0 (off) and 1, got {ratio}")
         min_area = _param(params, "min_area", self.config["min_area"], int)
         if min_area < 0:
             raise BadInput(f"param 'min_area' must be >= 0, got {min_area}")
         images = decode_batch(model_input, self.limits)
-        return predict_images(self.model, images, self.config, threshold, min_area)
+        return predict_images(self.model, images, self.config, threshold, min_area, ratio)

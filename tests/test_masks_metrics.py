@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.masks import boxes_to_mask, postprocess
+from pipeline.masks import boxes_to_mask, image_threshold, postprocess
 from pipeline.metrics import box_iou, dice, evaluate_masks, iou, match_boxes, size_bucket
 
 
@@ -23,6 +23,21 @@ def test_postprocess_components_boxes_scores_and_specks():
     assert mask.sum() == 24 and mask[8, 1] == 0
     mask, boxes = postprocess(prob, 0.7, min_area=0)
     assert len(boxes) == 2 and mask.sum() == 13
+
+
+def test_threshold_ratio_lowers_the_threshold_of_a_faint_image_only():
+    faint = np.zeros((10, 10), np.float32)
+    faint[2:8, 2:8] = 0.35  # the edge of a face the model is unsure of
+    faint[4:6, 4:6] = 0.6   # its centre: the only pixels at or above 0.45
+    clear = np.where(faint > 0, 0.95, 0.0).astype(np.float32)
+    assert postprocess(faint, 0.45)[0].sum() == 4
+    assert image_threshold(faint, 0.45, 0.5) == pytest.approx(0.3)  # 0.5 x the mean 0.6 above 0.45
+    assert postprocess(faint, 0.45, ratio=0.5)[0].sum() == 36
+    assert image_threshold(clear, 0.45, 0.5) == pytest.approx(0.475)
+    np.testing.assert_array_equal(postprocess(clear, 0.45, ratio=0.5)[0], postprocess(clear, 0.45)[0])
+    assert postprocess(np.full((4, 4), 0.2, np.float32), 0.45, ratio=0.5)[0].sum() == 0  # nothing above: no face
+    with pytest.raises(ValueError, match="between 0 \\(off\\) and 1, got 1.5"):
+        image_threshold(faint, 0.45, 1.5)
 
 
 def test_split_cuts_touching_faces_at_their_peaks_and_keeps_the_mask():

@@ -97,6 +97,10 @@ def test_threshold_param_changes_the_mask(server):
     low = post(server, request_body([b64], 0.01)).json()["predictions"][0]
     high = post(server, request_body([b64], 0.99)).json()["predictions"][0]
     assert (decode_mask(low["mask"]) > 0).sum() > (decode_mask(high["mask"]) > 0).sum()
+    # threshold_ratio 1: the image's threshold is the mean probability above 0.01, cutting the mask
+    body = {**request_body([b64], 0.01), "params": {"threshold": 0.01, "threshold_ratio": 1.0}}
+    own = post(server, body).json()["predictions"][0]
+    assert 0 < (decode_mask(own["mask"]) > 0).sum() < (decode_mask(low["mask"]) > 0).sum()
 
 
 def _bad_inputs():
@@ -115,6 +119,8 @@ def _bad_inputs():
         "too large": (frame([huge]), "image 0: image 4100x8 is larger than the limit 4096x4096"),
         "wrong param type": ({**frame([good]), "params": {"threshold": "high"}}, "threshold"),
         "threshold out of range": ({**frame([good]), "params": {"threshold": 3}}, "param 'threshold' must be between 0 and 1"),
+        "threshold ratio out of range": ({**frame([good]), "params": {"threshold_ratio": 2}},
+                                         "param 'threshold_ratio' must be between 0 (off) and 1"),
         "empty batch": (frame([]), "empty batch"),
     }
 
