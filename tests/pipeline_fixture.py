@@ -16,7 +16,8 @@ TINY = {
     "data": {"synthetic": {"n_images": 48, "min_size": 64, "max_size": 96, "max_faces": 3, "seed": 1}},
     "model": {"input_size": 64, "decoder_filters": [16, 16, 8, 8]},
     "train": {"epochs": 1, "finetune_epochs": 12, "finetune_lr": 0.004, "batch_size": 8, "patience": 0, "lr_schedule": "cosine"},
-    "evaluate": {"gallery_size": 2, "flip_tta": True, "tta_scales": [1.0, 1.5], "split_faces": True},  # served as evaluated
+    "evaluate": {"gallery_size": 2, "flip_tta": True, "tta_scales": [1.0, 1.5], "split_faces": True,  # served as evaluated
+                 "threshold_ratio": 0.5},
 }
 
 

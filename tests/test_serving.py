@@ -92,15 +92,20 @@ def test_boxes_fall_on_faces(server):
     assert total > 0 and inside / total > 1.5 * np.mean(coverage)
 
 
-def test_threshold_param_changes_the_mask(server):
+def test_threshold_param_changes_the_mask(server, local_model):
+    defaults = {p.name: p.default for p in local_model.metadata.get_params_schema().params}
+    assert defaults["threshold_ratio"] == 0.5  # evaluate.threshold_ratio of the fixture, carried to the served model
     b64 = encode_image(generate(1, 96, 96, 3, seed=3)[0].image)
-    low = post(server, request_body([b64], 0.01)).json()["predictions"][0]
-    high = post(server, request_body([b64], 0.99)).json()["predictions"][0]
-    assert (decode_mask(low["mask"]) > 0).sum() > (decode_mask(high["mask"]) > 0).sum()
+
+    def face_pixels(params: dict) -> int:
+        response = post(server, {**request_body([b64], None), "params": params})
+        assert response.status_code == 200, response.text
+        return int((decode_mask(response.json()["predictions"][0]["mask"]) > 0).sum())
+
+    low, high = face_pixels({"threshold": 0.01, "threshold_ratio": 0}), face_pixels({"threshold": 0.99, "threshold_ratio": 0})
+    assert low > high
     # threshold_ratio 1: the image's threshold is the mean probability above 0.01, cutting the mask
-    body = {**request_body([b64], 0.01), "params": {"threshold": 0.01, "threshold_ratio": 1.0}}
-    own = post(server, body).json()["predictions"][0]
-    assert 0 < (decode_mask(own["mask"]) > 0).sum() < (decode_mask(low["mask"]) > 0).sum()
+    assert 0 < face_pixels({"threshold": 0.01, "threshold_ratio": 1.0}) < low
 
 
 def _bad_inputs():
