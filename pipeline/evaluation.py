@@ -69,5 +69,5 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, inpu
     table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area, ratio)
     threshold = choose_threshold(table) if cfg.get("threshold") is None else float(cfg["threshold"])
     metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]), ratio)
-    metrics.update(threshold=threshold, test_fingerprint=fingerprint(test))
+    metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds

@@ -52,8 +52,10 @@ def image_threshold(prob: np.ndarray, threshold: float, ratio: float = 0.0) -> f
     """`threshold`, or with `ratio` > 0, `ratio` times the mean of `prob` at or above it (see `postprocess`)."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"threshold ratio must be between 0 (off) and 1, got {ratio}")
+    if ratio == 0:  # the usual case: no pass over the map
+        return float(threshold)
     above = prob[prob >= threshold]
-    return float(ratio * above.mean()) if ratio > 0 and above.size else float(threshold)
+    return float(ratio * above.mean()) if above.size else float(threshold)
 
 
 def split_touching(prob: np.ndarray, binary: np.ndarray, sigma: float = 2.0) -> np.ndarray:

@@ -21,7 +21,7 @@ def log_pyfunc(keras_path: Path, config_path: Path, example: pd.DataFrame, outpu
     """Log FaceSegmenter with its Keras model, config, signature (params schema) and input example."""
     from pipeline.serving import FaceSegmenter
 
-    params = {"threshold": float(config["threshold"]), "threshold_ratio": float(config.get("threshold_ratio", 0.0)),
+    params = {"threshold": float(config["threshold"]), "threshold_ratio": float(config["threshold_ratio"]),
               "min_area": int(config["min_area"])}
     signature = infer_signature(example, output, params=params)
     return mlflow.pyfunc.log_model(

@@ -29,7 +29,8 @@ def main() -> None:
     write_json(METRICS, metrics)
     write_json(CONFIG, {"threshold": threshold, "min_area": int(cfg["min_area"]), "input_size": size, "flip_tta": bool(cfg["flip_tta"]),
                         "tta_sizes": tta_sizes(size, cfg["tta_scales"]), "split_faces": bool(cfg["split_faces"]),
-                        "threshold_ratio": float(cfg.get("threshold_ratio") or 0.0), "test_fingerprint": metrics["test_fingerprint"], "test_dice": metrics["dice"]})
+                        "threshold_ratio": metrics["threshold_ratio"], "test_fingerprint": metrics["test_fingerprint"],
+                        "test_dice": metrics["dice"]})
     with atomic_path(GALLERY) as tmp:
         tmp.mkdir()
         for s, (mask, boxes) in list(zip(test, preds))[: int(cfg["gallery_size"])]:

@@ -27,7 +27,7 @@ def log_and_register(client: MlflowClient, name: str, run_id: str, config: dict)
     model = load_model(MODEL)
     image = split_samples("test")[0].image
     example = pd.DataFrame({"image": [encode_image(image, ".jpg")]})
-    output = predict_images(model, [image], config, config["threshold"], config["min_area"], config.get("threshold_ratio", 0.0))
+    output = predict_images(model, [image], config, config["threshold"], config["min_area"], config["threshold_ratio"])
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "serving_config.json"
         write_json(config_path, config)
