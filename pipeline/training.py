@@ -103,6 +103,20 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     return pd.DataFrame(rows)
 
 
+def member_epochs(finetune_epochs: int | list[int], members: int) -> list[int]:
+    """Fine-tuning epochs of each ensemble member: one number for all, or a list with one per member.
+
+    Members of different lengths err differently: a long model and a short one average better
+    than two of the middle length (docs/quality-levers.md, sixteenth round).
+    """
+    if not isinstance(finetune_epochs, (list, tuple)):
+        return [int(finetune_epochs)] * members
+    if len(finetune_epochs) != members:
+        raise ValueError(f"params.yaml train.finetune_epochs lists {len(finetune_epochs)} members' epochs "
+                         f"({list(finetune_epochs)}) but train.ensemble is {members}: give one number per member")
+    return [int(e) for e in finetune_epochs]
+
+
 def training_images(params: dict, train: list[Sample], val: list[Sample]) -> list[Sample]:
     """The images a fit learns from: the train split, plus the val split with `train.use_val`.
 
@@ -127,7 +141,8 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
     stage and the cross-validation benchmark, so both train exactly the same way.
 
     With `train.ensemble: N > 1`, N members are trained with seeds seed, seed+1, ... (weights
-    init, crops and augmentation all differ) and returned as one model averaging their outputs.
+    init, crops and augmentation all differ; `train.finetune_epochs` may give each its own length)
+    and returned as one model averaging their outputs.
     With `train.use_val`, `val` is trained on too (see `training_images`).
     """
     import tensorflow as tf
@@ -139,6 +154,7 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
             raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
     if members < 1:
         raise ValueError(f"params.yaml train.ensemble must be >= 1 (the number of models to average), got {members}")
+    epochs = member_epochs(tcfg.get("finetune_epochs", 0), members)
     train = training_images(params, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = mcfg["weights"]
@@ -149,7 +165,8 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
         keras.utils.set_random_seed(seed)
         model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
                            float(mcfg["bn_momentum"]), name=f"member{k}" if members > 1 else None)
-        history = fit(model, *arrays, {**tcfg, "seed": seed}, callbacks, first_epoch=sum(map(len, histories)))
+        history = fit(model, *arrays, {**tcfg, "seed": seed, "finetune_epochs": epochs[k]}, callbacks,
+                      first_epoch=sum(map(len, histories)))
         models.append(model)
         histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)

@@ -274,7 +274,7 @@ def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
 
 def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
     """train.ensemble: 2 gives one saveable model whose output is the mean of two distinct members,
-    the first of which is exactly the single model the same seed trains."""
+    the first of which is exactly the single model the same seed trains, whatever the second's length."""
     from pipeline.model import load_model
     from pipeline.synthetic import generate
     from pipeline.training import summarize, train_from_params
@@ -311,3 +311,11 @@ def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
     assert np.allclose(single.predict(x, verbose=0), a, atol=1e-5)
     with pytest.raises(ValueError, match="train.ensemble must be >= 1"):
         train_from_params({**params, "train": {**params["train"], "ensemble": 0}}, samples[:20], samples[20:])
+
+    # Each member may have its own length; the first is still the same model.
+    mixed, history = train_from_params({**params, "train": {**params["train"], "finetune_epochs": [3, 1]}},
+                                       samples[:20], samples[20:])
+    assert history["member"].tolist() == [0, 0, 0, 1] and history["epoch"].tolist() == list(range(4))
+    assert np.allclose(mixed.get_layer("member0").predict(x, verbose=0), a, atol=1e-5)
+    with pytest.raises(ValueError, match=r"lists 3 members' epochs \(\[3, 1, 2\]\) but train.ensemble is 2"):
+        train_from_params({**params, "train": {**params["train"], "finetune_epochs": [3, 1, 2]}}, samples[:20], samples[20:])
