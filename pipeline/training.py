@@ -106,8 +106,8 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
 def member_epochs(finetune_epochs: int | list[int], members: int) -> list[int]:
     """Fine-tuning epochs of each ensemble member: one number for all, or a list with one per member.
 
-    Members of different lengths err differently: a long model and a short one average better
-    than two of the middle length (docs/quality-levers.md, sixteenth round).
+    On the real-face benchmark a long model averaged with a short one scored higher than two of
+    equal length (docs/quality-levers.md, sixteenth round).
     """
     if not isinstance(finetune_epochs, (list, tuple)):
         return [int(finetune_epochs)] * members
