@@ -25,6 +25,7 @@ import yaml
 from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_path
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
+from pipeline.images import Limits
 from pipeline.model import load_model
 from pipeline.split import kfold, split_dataset
 from pipeline.training import summarize, train_from_params
@@ -106,7 +107,8 @@ def main() -> None:
     for text in args.overrides:
         params = deep_merge(params, parse_override(text))
     path = resolve_path(args.data)
-    samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report())
+    limits = Limits.from_params(params["export"]["limits"])
+    samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report(), limits)
     images, boxes = to_tables(samples)
     folds = kfold(images, boxes, args.k, args.seed)
     if args.save:

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline import safe_npy
+from pipeline.images import Limits, open_image
 from pipeline.io import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -98,13 +100,20 @@ def repair_boxes(boxes: np.ndarray, width: int, height: int, report: Report) -> 
     return clipped[keep]
 
 
-def read_images_npy(path: str | os.PathLike, report: Report) -> list[Sample]:
-    """The course layout: object array (N, 2) of [image, [{'points': [{x, y}, {x, y}], ...}]]."""
+def read_images_npy(path: str | os.PathLike, report: Report, limits: Limits) -> list[Sample]:
+    """The course layout: object array (N, 2) of [image, [{'points': [{x, y}, {x, y}], ...}]].
+
+    Loaded with `safe_npy`: a file holding anything but plain data is refused, never run.
+    """
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=True)
-    except (OSError, ValueError) as err:
-        raise FormatError(f"{path}: cannot be read as a .npy file: {err}") from err
+        data = safe_npy.load(path)
+    except OSError as err:
+        raise FormatError(f"{path}: cannot be read ({err})") from err
+    except safe_npy.UnsafeFile as err:
+        raise FormatError(f"{path}: refused, not plain data: {err}") from None
+    except ValueError as err:
+        raise FormatError(f"{path}: cannot be read as a .npy file: {err}") from None
     if data.dtype != object or data.ndim != 2 or data.shape[1] != 2:
         raise FormatError(
             f"{path}: expected an object array of shape (N, 2) [image, faces], got dtype {data.dtype} shape {data.shape}"
@@ -114,6 +123,8 @@ def read_images_npy(path: str | os.PathLike, report: Report) -> list[Sample]:
         where = f"{path} row {i}"
         image = to_rgb(image, f"{where} field 0 (image)", report)
         h, w = image.shape[:2]
+        if problem := limits.size_problem(w, h):
+            raise FormatError(f"{where} field 0 (image): {problem}")
         if faces is None:
             faces = []
         if not isinstance(faces, (list, tuple, np.ndarray)):
@@ -136,7 +147,7 @@ def read_images_npy(path: str | os.PathLike, report: Report) -> list[Sample]:
     return samples
 
 
-def read_yolo_folder(path: str | os.PathLike, report: Report) -> list[Sample]:
+def read_yolo_folder(path: str | os.PathLike, report: Report, limits: Limits) -> list[Sample]:
     """`images/<name>.<ext>` with `labels/<name>.txt` lines `cls cx cy w h [...]`, normalised to 0..1."""
     root = Path(path)
     image_dir, label_dir = root / "images", root / "labels"
@@ -145,33 +156,52 @@ def read_yolo_folder(path: str | os.PathLike, report: Report) -> list[Sample]:
     files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FormatError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    if label_dir.is_dir():
+        report.add("orphan_label_file", len({p.stem for p in label_dir.glob("*.txt")} - {f.stem for f in files}))
     samples = []
     for file in files:
-        image = read_image_file(file, report)
+        image = read_image_file(file, report, limits)
         h, w = image.shape[:2]
         label = label_dir / f"{file.stem}.txt"
-        boxes = []
         if not label.exists():
             report.add("missing_label_file_as_negative")
+            boxes = []
         else:
-            for n, line in enumerate(label.read_text().splitlines(), start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                try:
-                    cx, cy, bw, bh = (float(v) for v in fields[1:5])
-                    if len(fields) < 5:
-                        raise ValueError("fewer than 5 fields")
-                except ValueError as err:
-                    raise FormatError(f"{label} line {n}: expected 'class cx cy w h', got {line!r} ({err})") from err
-                boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+            boxes = [_yolo_box(fields, w, h, f"{label} line {n}") for n, fields in _label_lines(label)]
         samples.append(Sample(file.stem, image, repair_boxes(np.array(boxes), w, h, report)))
     return samples
 
 
-def read_image_file(file: Path, report: Report) -> np.ndarray:
+def _label_lines(label: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty line of a YOLO label file."""
+    try:
+        text = label.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{label}: not a text file ({err})") from None
+    return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _yolo_box(fields: list[str], width: int, height: int, where: str) -> list[float]:
+    """Pixel corners of a `class cx cy w h` line; non-numbers and non-finite values are errors."""
+    try:
+        if len(fields) < 5:
+            raise ValueError("fewer than 5 fields")
+        cx, cy, bw, bh = (float(v) for v in fields[1:5])
+    except ValueError as err:
+        raise FormatError(f"{where}: expected 'class cx cy w h', got {' '.join(fields)!r} ({err})") from None
+    if not np.all(np.isfinite([cx, cy, bw, bh])):
+        raise FormatError(f"{where}: box values are not finite: {' '.join(fields[1:5])!r}")
+    return [(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height]
+
+
+def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:
+    """RGB image of a file; its size is checked from the header before decoding (as served images are)."""
     data = np.fromfile(file, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        open_image(data.tobytes(), limits)
+    except ValueError as err:
+        raise FormatError(f"{file}: {err}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise FormatError(f"{file}: not a readable image file")
     if image.ndim == 3:

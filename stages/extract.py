@@ -3,14 +3,16 @@
 import logging
 
 from pipeline import formats, synthetic
-from pipeline.config import load_params, resolve_path
+from pipeline.config import assert_params_unchanged, load_params, resolve_path
+from pipeline.images import Limits
 from pipeline.io import write_json
 from pipeline.masks import boxes_to_mask
+from stages.common import run_stage
 
 OUT_DIR, METRICS = "data/extracted", "metrics/extract.json"
 
 
-def read_source(cfg: dict, report: formats.Report) -> list[formats.Sample]:
+def read_source(cfg: dict, report: formats.Report, limits: Limits) -> list[formats.Sample]:
     source = cfg["source"]
     if source == "synthetic":
         return synthetic.generate(**cfg["synthetic"])
@@ -18,16 +20,18 @@ def read_source(cfg: dict, report: formats.Report) -> list[formats.Sample]:
         raise ValueError(f"params.yaml data.path is required for data.source={source!r}")
     path = resolve_path(cfg["path"])
     if source == "images_npy":
-        return formats.read_images_npy(path, report)
+        return formats.read_images_npy(path, report, limits)
     if source == "yolo":
-        return formats.read_yolo_folder(path, report)
+        return formats.read_yolo_folder(path, report, limits)
     raise ValueError(f"params.yaml data.source: unknown {source!r}; choose synthetic, images_npy or yolo")
 
 
 def main() -> None:
-    cfg = load_params()["data"]
+    params = load_params()
+    cfg = params["data"]
     report = formats.Report()
-    samples = read_source(cfg, report)
+    samples = read_source(cfg, report, Limits.from_params(params["export"]["limits"]))
+    assert_params_unchanged()
     masks = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     formats.write_dataset(samples, OUT_DIR, masks)
     summary = {
@@ -43,5 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    run_stage(main)

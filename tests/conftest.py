@@ -3,6 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+
+from pipeline.images import Limits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -10,6 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WIDERFACE = SHARED / "data" / "widerface-dev"
 WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+LIMITS = Limits.from_params(yaml.safe_load((ROOT / "params.yaml").read_text())["export"]["limits"])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds no pixels: what a decompression bomb shows before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
 def face(x1, y1, x2, y2):

@@ -2,9 +2,18 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.formats import FormatError, Report, load_samples, read_images_npy, read_yolo_folder, write_dataset
+from pipeline import formats
+from pipeline.formats import FormatError, Report, load_samples, write_dataset
 from pipeline.masks import boxes_to_mask
-from tests.conftest import WIDERFACE, course_array, face
+from tests.conftest import LIMITS, WIDERFACE, course_array, face, png_header
+
+
+def read_images_npy(path, report):
+    return formats.read_images_npy(path, report, LIMITS)
+
+
+def read_yolo_folder(path, report):
+    return formats.read_yolo_folder(path, report, LIMITS)
 
 
 def save(tmp_path, rows):
@@ -37,11 +46,13 @@ def test_course_layout_quirks_are_repaired_and_counted(tmp_path):
 
 @pytest.mark.parametrize("rows, message", [
     ("not-object", "expected an object array of shape (N, 2)"),
-    ([(np.zeros((4, 4, 3), np.uint8), [{"label": ["Face"]}])], "row 0 field 1 (faces) item 0: missing 'points'"),
-    ([(np.zeros((4, 4, 3), np.uint8), [face(0, 0, 1, 1)]), (np.zeros((4, 4, 3), np.uint8), [{"points": [{"x": 0}]}])],
+    ([(np.zeros((8, 8, 3), np.uint8), [{"label": ["Face"]}])], "row 0 field 1 (faces) item 0: missing 'points'"),
+    ([(np.zeros((8, 8, 3), np.uint8), [face(0, 0, 1, 1)]), (np.zeros((8, 8, 3), np.uint8), [{"points": [{"x": 0}]}])],
      "row 1 field 1 (faces) item 0 'points'"),
-    ([(np.zeros((4, 4, 5), np.uint8), [])], "row 0 field 0 (image): image shape (4, 4, 5)"),
-    ([(np.zeros((4, 4, 3), np.float32), [])], "row 0 field 0 (image): image dtype is float32"),
+    ([(np.zeros((8, 8, 5), np.uint8), [])], "row 0 field 0 (image): image shape (8, 8, 5)"),
+    ([(np.zeros((8, 8, 3), np.float32), [])], "row 0 field 0 (image): image dtype is float32"),
+    ([(np.zeros((8, 8, 3), np.uint8), []), (np.zeros((1, 1, 3), np.uint8), [])],
+     "row 1 field 0 (image): image 1x1 is smaller than the minimum side of 8 pixels"),
 ])
 def test_malformed_course_file_names_row_and_field(tmp_path, rows, message):
     path = tmp_path / "images.npy"
@@ -52,6 +63,57 @@ def test_malformed_course_file_names_row_and_field(tmp_path, rows, message):
     with pytest.raises(FormatError) as err:
         read_images_npy(path, Report())
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+class Payload:
+    """Unpickling this runs `command`; `faces` is what the call returns when it is harmless."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+class FaceListPayload(Payload):
+    def __reduce__(self):  # runs the command, then returns a valid face list: the stage would exit 0
+        return (eval, (f"__import__('os').system({self.command!r}) and [] or [{face(0.1, 0.1, 0.5, 0.5)!r}]",))
+
+
+@pytest.mark.parametrize("payload", [Payload, FaceListPayload])
+def test_a_course_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    path = save(tmp_path, [(np.zeros((8, 8, 3), np.uint8), payload(f"touch {marker}"))])
+    with pytest.raises(FormatError) as err:
+        read_images_npy(path, Report())
+    assert str(path) in str(err.value) and "refused" in str(err.value)
+    assert ("posix.system" in str(err.value)) if payload is Payload else ("builtins.eval" in str(err.value))
+    assert not marker.exists()
+
+
+def test_plain_numpy_values_in_a_course_file_still_load(tmp_path):
+    """Numbers saved as numpy scalars, a big-endian float image (refused as a dtype, not as unsafe), nested arrays."""
+    faces = [{"points": [{"x": np.float64(0.25), "y": np.float32(0.25)}, {"x": 0.75, "y": np.float64(0.75)}],
+              "label": np.array(["Face"]), "size": np.array([8, 8], ">i4")}]
+    path = save(tmp_path, [(np.full((8, 8, 3), 9, np.uint8), faces)])
+    (sample,) = read_images_npy(path, Report())
+    np.testing.assert_allclose(sample.boxes, [[2, 2, 6, 6]])
+    np.testing.assert_array_equal(sample.image, 9)
+
+
+@pytest.mark.parametrize("content, message", [
+    (cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes(), "cannot be read as a .npy file: not a .npy file"),
+    ("truncate", "cannot be read as a .npy file: the pickled object data is truncated or damaged"),
+])
+def test_unreadable_course_file_names_the_file(tmp_path, content, message):
+    path = save(tmp_path, [(np.zeros((8, 8, 3), np.uint8), [face(0.1, 0.1, 0.5, 0.5)])])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40] if content == "truncate" else content)
+    with pytest.raises(FormatError) as err:
+        read_images_npy(path, Report())
+    assert str(err.value).startswith(f"{path}: {message}")
 
 
 def test_wrong_row_shape(tmp_path):
@@ -68,11 +130,13 @@ def test_yolo_folder(tmp_path):
     cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((50, 100, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "images" / "b.jpg"), np.zeros((10, 10), np.uint8))
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.4 -1 -1\n\n0 0.99 0.5 0.1 0.1\n")
+    (tmp_path / "labels" / "gone.txt").write_text("0 0.5 0.5 0.2 0.4\n")  # its image is missing
     report = Report()
     a, b = read_yolo_folder(tmp_path, report)
     np.testing.assert_allclose(a.boxes, [[40, 15, 60, 35], [94, 22.5, 100, 27.5]], atol=1e-4)
     assert b.boxes.shape == (0, 4) and b.image.shape == (10, 10, 3)
-    assert report.counts == {"box_clipped": 1, "missing_label_file_as_negative": 1, "grayscale_to_rgb": 1}
+    assert report.counts == {"box_clipped": 1, "missing_label_file_as_negative": 1, "grayscale_to_rgb": 1,
+                             "orphan_label_file": 1}
 
 
 def test_yolo_errors_name_the_file(tmp_path):
@@ -84,6 +148,24 @@ def test_yolo_errors_name_the_file(tmp_path):
     cv2.imwrite(str(tmp_path / "images" / "bad.jpg"), np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "labels" / "bad.txt").write_text("0 0.5 0.5 0.1 0.1\n0 0.5 oops 0.1\n")
     with pytest.raises(FormatError, match=r"bad.txt line 2: expected 'class cx cy w h'"):
+        read_yolo_folder(tmp_path, Report())
+    (tmp_path / "labels" / "bad.txt").write_text("0 0.5 0.5 0.1 0.1\n\n0 0.5 nan 0.1 0.1\n")
+    with pytest.raises(FormatError, match=r"bad.txt line 3: box values are not finite: '0.5 nan 0.1 0.1'"):
+        read_yolo_folder(tmp_path, Report())
+    (tmp_path / "labels" / "bad.txt").write_bytes(b"\x00\xff\xfe\x89PNG binary")
+    with pytest.raises(FormatError, match=r"bad.txt: not a text file"):
+        read_yolo_folder(tmp_path, Report())
+
+
+@pytest.mark.parametrize("data, message", [
+    (png_header(40000, 40000), "image is too large to decode"),
+    (png_header(5000, 100), "image 5000x100 is larger than the limit 4096x4096"),
+    (cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes(), "image 1x1 is smaller than the minimum side of 8"),
+])
+def test_yolo_images_obey_the_served_size_limits_before_decoding(tmp_path, data, message):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "big.png").write_bytes(data)
+    with pytest.raises(FormatError, match=f"big.png: {message}"):
         read_yolo_folder(tmp_path, Report())
 
 
