@@ -72,8 +72,8 @@ def main() -> None:
     if args.url:
         remote = measure(http(args.url), images, args.repeats)
     else:
-        with scoring_server(args.model, tracking_uri()) as url:
-            remote = measure(http(url), images, args.repeats)
+        with scoring_server(args.model, tracking_uri()) as server:
+            remote = measure(http(server.url), images, args.repeats)
     table = pd.DataFrame({"in-process": local, "http": remote})
     table["http overhead %"] = [
         100 * (remote[k] / local[k] - 1) if k.endswith("_ms") else 100 * (local[k] / remote[k] - 1) for k in table.index

@@ -9,10 +9,31 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import requests
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int  # the `mlflow models serve` process; its workers share its process group
+
+    def memory(self) -> dict[str, int]:
+        """Resident memory now and at its peak (bytes), summed over the server's processes."""
+        total = {"rss": 0, "peak_rss": 0}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != self.pid:  # field 5: process group
+                    continue
+                status = dict(line.split(":", 1) for line in (stat.parent / "status").read_text().splitlines())
+            except (OSError, ValueError, IndexError):
+                continue  # a process that ended meanwhile
+            total["rss"] += int(status.get("VmRSS", "0 kB").split()[0]) * 1024
+            total["peak_rss"] += int(status.get("VmHWM", "0 kB").split()[0]) * 1024
+        return total
 
 
 def free_port() -> int:
@@ -23,8 +44,8 @@ def free_port() -> int:
 
 @contextmanager
 def scoring_server(model_uri: str, tracking_uri: str, port: int | None = None, workers: int = 1,
-                   startup_timeout: float = 180, log_path: Path | None = None) -> Iterator[str]:
-    """Serve `model_uri` on 127.0.0.1; yield its base URL once /ping answers; always stop it."""
+                   startup_timeout: float = 180, log_path: Path | None = None) -> Iterator[Server]:
+    """Serve `model_uri` on 127.0.0.1; yield it once /ping answers; always stop it."""
     port = port or free_port()
     bin_dir = Path(sys.executable).parent  # mlflow execs `uvicorn` from PATH: use this environment's
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -48,7 +69,7 @@ def scoring_server(model_uri: str, tracking_uri: str, port: int | None = None, w
             if time.monotonic() > deadline:
                 raise TimeoutError(f"mlflow models serve did not answer /ping within {startup_timeout}s")
             time.sleep(0.25)  # polling interval while waiting for the condition above
-        yield url
+        yield Server(url, proc.pid)
     finally:
         _stop(proc)
         if log_path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 
 import cv2
@@ -22,10 +21,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from pipeline.images import Limits, open_image, to_rgb
 from pipeline.inference import predict_probs
 from pipeline.masks import postprocess
 
-DEFAULT_LIMITS = {"max_side": 4096, "max_bytes": 20 * 1024 * 1024, "min_side": 8}
+SERVED_FORMATS = ("JPEG", "PNG")
 
 
 class BadInput(MlflowException):
@@ -44,62 +44,53 @@ def encode_image(image: np.ndarray, ext: str = ".png") -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def decode_image(value, limits: dict = DEFAULT_LIMITS) -> np.ndarray:
-    """RGB uint8 image from base64 JPEG/PNG; raises ValueError saying what is wrong.
+def decode_image(value, limits: Limits | None = None) -> np.ndarray:
+    """RGB uint8 image from base64 JPEG/PNG; raises ValueError saying what is wrong."""
+    return to_rgb(open_image(b64_bytes(value), limits, SERVED_FORMATS))
 
-    The size is read from the header and checked before decoding (no decompression bombs);
-    EXIF orientation is applied, as `cv2.imread` does for the client's overlays.
-    """
-    from PIL import Image, ImageOps
 
+def b64_bytes(value) -> bytes:
     if not isinstance(value, (str, bytes)) or len(value) == 0:
         raise ValueError(f"expected a non-empty base64 string, got {type(value).__name__}")
     try:
-        data = base64.b64decode(value, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as err:
         raise ValueError(f"not valid base64 ({err})") from None
-    if len(data) > limits["max_bytes"]:
-        raise ValueError(f"{len(data)} bytes is over the limit of {limits['max_bytes']}")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:
-        for magic, name in ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG")):
-            if data.startswith(magic):
-                raise ValueError(f"{name} data is truncated or corrupt (header unreadable)") from None
-        raise ValueError("bytes are not a JPEG or PNG image") from None
-    width, height, kind = *image.size, image.format
-    if kind not in ("JPEG", "PNG"):
-        raise ValueError(f"image format {kind} is not supported; send JPEG or PNG")
-    if max(width, height) > limits["max_side"]:
-        raise ValueError(f"image {width}x{height} is larger than the limit {limits['max_side']}x{limits['max_side']}")
-    if min(width, height) < limits["min_side"]:
-        raise ValueError(f"image {width}x{height} is smaller than the minimum side of {limits['min_side']} pixels")
-    try:
-        image.load()
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"{kind} data is truncated or corrupt ({err})") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I"):  # 16-bit PNG: Pillow's convert("RGB") would clip it at 255
-        gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"))
 
 
-def decode_batch(model_input, limits: dict) -> list[np.ndarray]:
+def decode_batch(model_input, limits: Limits) -> list[np.ndarray]:
+    """Decode a request's images, all or none.
+
+    Count, sizes and the request's total pixels are checked from the headers before any image
+    is decoded: memory per request is bounded by `limits`, however small the files are.
+    """
     if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
         cols = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
         raise BadInput(f"input must have a column 'image' of base64 JPEG/PNG strings; got {cols}")
     if len(model_input) == 0:
         raise BadInput("empty batch: send at least one image")
-    images, errors = [], []
-    for i, value in enumerate(model_input["image"]):
+    if len(model_input) > limits.max_images:
+        raise BadInput(f"{len(model_input)} images in one request is over the limit of {limits.max_images} (max_images); "
+                       f"send them in several requests")
+    opened = _each(list(model_input["image"]), lambda v: open_image(b64_bytes(v), limits, SERVED_FORMATS))
+    pixels = sum(im.size[0] * im.size[1] for im in opened)
+    if pixels > limits.max_pixels:
+        raise BadInput(f"the request's {len(opened)} images hold {pixels} pixels, over the limit of {limits.max_pixels} "
+                       f"(max_pixels); send fewer or smaller images per request")
+    return _each(opened, to_rgb)
+
+
+def _each(values: list, fn) -> list:
+    """`fn` of every value, or BadInput naming every index that failed (no partial results)."""
+    out, errors = [], []
+    for i, value in enumerate(values):
         try:
-            images.append(decode_image(value, limits))
+            out.append(fn(value))
         except ValueError as err:
             errors.append(f"image {i}: {err}")
     if errors:
-        raise BadInput(f"{len(errors)} of {len(model_input)} images are invalid: " + "; ".join(errors))
-    return images
+        raise BadInput(f"{len(errors)} of {len(values)} images are invalid: " + "; ".join(errors))
+    return out
 
 
 def predict_images(model, images: list[np.ndarray], config: dict, threshold: float, min_area: int,
@@ -129,6 +120,32 @@ def _param(params: dict | None, name: str, default, kind: type):
     return value
 
 
+def guard_scoring_server() -> None:
+    """Answer 400, not 500, to two requests `mlflow models serve` does not check itself.
+
+    The server parses the body before the model sees it: a POST without Content-Type fails on
+    `None.split`, and JSON nested thousands of levels deep exhausts the parser's recursion, both
+    as HTTP 500. It looks `invocations` up at every request, so wrapping it here (in the server
+    process, as the model loads) turns both into clear 400s and changes nothing else.
+    """
+    from mlflow.pyfunc import scoring_server
+
+    inner = scoring_server.invocations
+    if getattr(inner, "guarded", False):
+        return
+
+    def invocations(data, content_type, *args, **kwargs):
+        if not content_type:
+            raise BadInput("no Content-Type header: send JSON with 'Content-Type: application/json'")
+        try:
+            return inner(data, content_type, *args, **kwargs)
+        except RecursionError:
+            raise BadInput("the JSON body is nested too deeply to parse") from None
+
+    invocations.guarded = True
+    scoring_server.invocations = invocations
+
+
 class FaceSegmenter(mlflow.pyfunc.PythonModel):
     """Loads the Keras model once; per request only decode, predict and postprocess."""
 
@@ -141,7 +158,8 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
         # Models registered before test-time augmentation have none of its keys: predict as they did.
         self.config = {"tta_sizes": [config["input_size"]], "flip_tta": False, "split_faces": False, "threshold_ratio": 0.0,
                        **config}
-        self.limits = {**DEFAULT_LIMITS, **self.config.get("limits", {})}
+        self.limits = Limits.from_params(self.config["limits"], "serving config limits")
+        guard_scoring_server()
         for size in self.config["tta_sizes"]:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests
                 self.model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.serving import decode_image, encode_image
+from dataclasses import replace
+
+import pandas as pd
+
+from pipeline.serving import BadInput, decode_batch, decode_image, encode_image
+from tests.conftest import LIMITS, png_header
 
 
 def b64(data: bytes) -> str:
@@ -52,4 +57,26 @@ def test_gif_and_limits():
     with pytest.raises(ValueError, match="GIF is not supported"):
         decode_image(b64(out.getvalue()))
     with pytest.raises(ValueError, match="over the limit of 100"):
-        decode_image(encode_image(np.zeros((50, 50, 3), np.uint8)), {"max_bytes": 100, "max_side": 4096, "min_side": 8})
+        decode_image(encode_image(np.zeros((50, 50, 3), np.uint8)), replace(LIMITS, max_bytes=100))
+
+
+def test_a_decompression_bomb_is_called_too_large():
+    with pytest.raises(ValueError, match="image is too large to decode"):
+        decode_image(b64(png_header(40000, 40000)), LIMITS)
+
+
+def batch(images) -> pd.DataFrame:
+    return pd.DataFrame({"image": images})
+
+
+def test_request_limits_are_checked_from_headers_before_any_decoding():
+    small = encode_image(np.zeros((30, 40, 3), np.uint8))
+    limits = replace(LIMITS, max_images=3, max_pixels=3 * 30 * 40)
+    assert [im.shape for im in decode_batch(batch([small] * 3), limits)] == [(30, 40, 3)] * 3
+    with pytest.raises(BadInput, match=r"4 images in one request is over the limit of 3 \(max_images\)"):
+        decode_batch(batch([small] * 4), limits)
+    with pytest.raises(BadInput, match=r"images hold 3601 pixels, over the limit of 3600 \(max_pixels\)"):
+        decode_batch(batch([small] * 2 + [encode_image(np.zeros((1, 1201, 3), np.uint8))]), replace(limits, min_side=1))
+    # Headers that declare 16 x 4096^2 pixels and hold none: refused by the total before a pixel is decoded
+    with pytest.raises(BadInput, match="images hold 268435456 pixels"):
+        decode_batch(batch([b64(png_header(4096, 4096))] * 16), LIMITS)
