@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -14,6 +17,7 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+CODE_DIR = Path(__file__).parent  # the `pipeline` package, shipped with the model as its code
 
 
 def log_pyfunc(keras_path: Path, config_path: Path, example: pd.DataFrame, output: pd.DataFrame, config: dict,
@@ -28,26 +32,56 @@ def log_pyfunc(keras_path: Path, config_path: Path, example: pd.DataFrame, outpu
         name="model",
         python_model=FaceSegmenter(),
         artifacts={"keras_model": str(keras_path), "config": str(config_path)},
-        code_paths=[str(Path(__file__).parent)],
+        code_paths=[str(CODE_DIR)],
         signature=signature,
         input_example=(example, {"threshold": float(config["threshold"])}),
         pip_requirements=requirements,
     )
 
 
-def find_version(client: MlflowClient, name: str, run_id: str):
-    """The version already registered from this run, if any (re-running export adds none)."""
-    versions = client.search_model_versions(f"name = '{name}' and tags.source_run_id = '{run_id}'")
+def serving_digest(keras_path: Path, config: dict) -> str:
+    """Hash of everything that decides what the model serves: weights, serving config and the code it ships."""
+    h = hashlib.sha256(Path(keras_path).read_bytes())
+    h.update(json.dumps(config, sort_keys=True).encode())
+    for file in sorted(CODE_DIR.glob("*.py")):
+        h.update(file.name.encode() + file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def find_version(client: MlflowClient, name: str, run_id: str, digest: str):
+    """The first version registered from this run with exactly this digest, if any."""
+    versions = client.search_model_versions(
+        f"name = '{name}' and tags.source_run_id = '{run_id}' and tags.serving_digest = '{digest}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def register(client: MlflowClient, model_uri: str, name: str, run_id: str, tags: dict[str, str]):
+def register_once(client: MlflowClient, name: str, run_id: str, digest: str, log_model: Callable[[], object],
+                  tags: dict[str, str]):
+    """The version of `name` from this run and digest: found, or logged by `log_model()` and registered.
+
+    Re-running export with the same model and serving config adds no version; any change to
+    them makes a new one, so a version always serves what its tags say was evaluated. Two
+    exports at once may both register: each then keeps the first such version and deletes its
+    own duplicate (with its logged model), so one remains whichever finished first.
+    """
+    found = find_version(client, name, run_id, digest)
+    if found is not None:
+        return found
+    info = log_model()
     try:
         client.create_registered_model(name)
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
-    return client.create_model_version(name, model_uri, run_id=run_id, tags={"source_run_id": run_id, **tags})
+    mine = client.create_model_version(name, info.model_uri, run_id=run_id,
+                                       tags={"source_run_id": run_id, "serving_digest": digest, **tags})
+    first = find_version(client, name, run_id, digest)
+    if first.version == mine.version:
+        return mine
+    client.delete_model_version(name, mine.version)
+    client.delete_logged_model(info.model_id)
+    log.info("model %s v%s duplicated v%s (a concurrent export): deleted", name, mine.version, first.version)
+    return first
 
 
 def promote(client: MlflowClient, name: str, version, metric: str) -> dict:

@@ -2,6 +2,7 @@
 
 import logging
 import tempfile
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -9,21 +10,22 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import load_params
+from pipeline.config import assert_params_unchanged, load_params
+from pipeline.images import Limits
 from pipeline.model import load_model
 from pipeline.io import read_json, write_json
-from pipeline.registry import find_version, log_pyfunc, promote, register
+from pipeline.registry import log_pyfunc, promote, register_once, serving_digest
 from pipeline.serving import encode_image, predict_images
 from pipeline.tracking import resume_run
-from stages.common import MODEL, RUN, split_samples
+from stages.common import MODEL, RUN, run_stage, split_samples
 from stages.evaluate import CONFIG
 
 OUT = "export/registration.json"
 REQUIREMENTS = ["tensorflow", "keras", "mlflow", "opencv-python-headless", "pandas", "numpy", "pillow"]
 
 
-def log_and_register(client: MlflowClient, name: str, run_id: str, config: dict):
-    """Log the pyfunc into the active run and register it as a new version of `name`."""
+def log_model(config: dict):
+    """Log the pyfunc, with a predicted input example, into the active run."""
     model = load_model(MODEL)
     image = split_samples("test")[0].image
     example = pd.DataFrame({"image": [encode_image(image, ".jpg")]})
@@ -31,27 +33,27 @@ def log_and_register(client: MlflowClient, name: str, run_id: str, config: dict)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "serving_config.json"
         write_json(config_path, config)
-        info = log_pyfunc(Path(MODEL), config_path, example, output, config, [f"{p}=={version(p)}" for p in REQUIREMENTS])
-    tags = {"test_fingerprint": config["test_fingerprint"], "test_dice": f"{config['test_dice']:.6f}",
-            "threshold": str(config["threshold"])}
-    return register(client, info.model_uri, name, run_id, tags)
+        return log_pyfunc(Path(MODEL), config_path, example, output, config, [f"{p}=={version(p)}" for p in REQUIREMENTS])
 
 
 def main() -> None:
     params = load_params()
     name = params["export"]["model_name"]
-    config = {**read_json(CONFIG), "limits": params["export"]["limits"]}
+    config = {**read_json(CONFIG), "limits": asdict(Limits.from_params(params["export"]["limits"]))}
+    digest = serving_digest(Path(MODEL), config)
+    tags = {"test_fingerprint": config["test_fingerprint"], "test_dice": f"{config['test_dice']:.6f}",
+            "threshold": str(config["threshold"])}
+    assert_params_unchanged()
     with resume_run(params, RUN) as run:
         client = MlflowClient()
         run_id = run.info.run_id
-        model_version = find_version(client, name, run_id) or log_and_register(client, name, run_id, config)
+        model_version = register_once(client, name, run_id, digest, lambda: log_model(config), tags)
         decision = promote(client, name, model_version, "test_dice")
         mlflow.set_tags({"registered_model": name, "registered_version": model_version.version, "alias": decision["alias"]})
     write_json(OUT, {"model_name": name, "version": int(model_version.version), "run_id": run_id,
-                     "model_uri": f"models:/{name}/{model_version.version}", **decision})
+                     "model_uri": f"models:/{name}/{model_version.version}", "serving_digest": digest, **decision})
     logging.info("export: %s v%s -> %s (%s)", name, model_version.version, decision["alias"], decision["reason"])
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    run_stage(main)
