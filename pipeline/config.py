@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,37 @@ def effective_params(raw: dict) -> dict:
     return deep_merge(base, presets[name])
 
 
+_READ: dict[str, str] = {}  # params file -> digest of the bytes this process read
+
+
+class ParamsChanged(RuntimeError):
+    """params.yaml changed while a stage ran: DVC would record values other than those that ran."""
+
+
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
-    """Read params.yaml (from the current workspace, which DVC sets to the stage's copy)."""
-    with open(path, encoding="utf-8") as fh:
-        return effective_params(yaml.safe_load(fh) or {})
+    """Read params.yaml (from the current workspace, which DVC sets to the stage's copy).
+
+    The digest of what was read is kept for `assert_params_unchanged`.
+    """
+    data = Path(path).read_bytes()
+    _READ[str(path)] = hashlib.sha256(data).hexdigest()
+    return effective_params(yaml.safe_load(data) or {})
+
+
+def assert_params_unchanged(path: str | os.PathLike = PARAMS_FILE) -> None:
+    """Fail unless params.yaml still holds what `load_params` read.
+
+    DVC writes a stage's params into dvc.lock from the file as it is when the stage ends. A second
+    `dvc exp run` started in the same workspace writes its `-S` values into params.yaml before DVC's
+    lock refuses it, so the first run would record the second's params. Stages call this before
+    they record anything (and training after every epoch), so such a run fails instead of lying.
+    """
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != _READ[str(path)]:
+        raise ParamsChanged(
+            f"{path} changed while this stage ran, so DVC would record other params than the ones that ran "
+            f"(another `dvc exp run` in this workspace?). Stopped before recording anything. Run experiments "
+            f"side by side with `dvc exp run --queue ...` and `dvc exp run --run-all --jobs N`, or with `--temp`."
+        )
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import flatten, project_root
+from pipeline.config import assert_params_unchanged, flatten, project_root
 from pipeline.io import read_json, write_json
 
 
@@ -26,19 +29,63 @@ def tracking_uri() -> str:
 
 
 def setup(experiment: str) -> str:
-    """Point MLflow at the store; in the default store, experiments keep artifacts in `mlartifacts/`."""
+    """Point MLflow at the store; in the default store, experiments keep artifacts in `mlartifacts/`.
+
+    Runs of this experiment that a killed stage left RUNNING are marked KILLED first.
+    """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)  # note: this also exports MLFLOW_TRACKING_URI
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        end_dead_runs(MlflowClient(), found.experiment_id)
         return found.experiment_id
     location = (project_root() / "mlartifacts").as_uri() if uri == default_uri() else None
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 
+PROCESS_TAG = "facemask.process"
+
+
+def this_process() -> str:
+    """`host:pid:start time`: names the process that holds a run open, also after its pid is reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _is_dead(owner: str) -> bool:
+    """Whether the process named by `this_process()` is gone; processes of other machines are not judged."""
+    host, pid, start = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return start != "None" and _start_time(int(pid)) not in (None, start)
+
+
+def end_dead_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by stages that were killed (SIGKILL, power loss); their ids."""
+    dead = [r for r in client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+            if PROCESS_TAG in r.data.tags and _is_dead(r.data.tags[PROCESS_TAG])]
+    for run in dead:
+        client.set_tag(run.info.run_id, "facemask.interrupted", f"process {run.data.tags[PROCESS_TAG]} ended without closing the run")
+        client.set_terminated(run.info.run_id, "KILLED")
+        logging.getLogger(__name__).warning("MLflow run %s was left running by a killed stage: marked KILLED", run.info.run_id)
+    return [r.info.run_id for r in dead]
+
+
 def run_tags() -> dict[str, str]:
     """Git commit and DVC experiment name, so a run can be traced back to its code and params."""
-    tags = {"mlflow.source.type": "PROJECT", "pipeline": "dvc"}
+    tags = {"mlflow.source.type": "PROJECT", "pipeline": "dvc", PROCESS_TAG: this_process()}
     commit = os.environ.get("DVC_EXP_BASELINE_REV") or _git_head()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -77,7 +124,7 @@ def resume_run(params: dict, run_file: str | os.PathLike) -> Iterator[mlflow.Act
             f"{run_file} names MLflow run {run_id}, which is not in the store {tracking_uri()}; "
             f"re-train to create it: dvc repro --force train"
         ) from err
-    with mlflow.start_run(run_id=run_id) as run:
+    with mlflow.start_run(run_id=run_id, tags={PROCESS_TAG: this_process()}) as run:
         yield run
 
 
@@ -87,6 +134,7 @@ def epoch_logger():
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            assert_params_unchanged()  # stop a run whose params another `dvc exp run` replaced
             mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
 
     return EpochLogger()

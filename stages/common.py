@@ -1,4 +1,8 @@
-"""Helpers the model stages share: which samples belong to a split."""
+"""Helpers the stages share: how a stage runs, and which samples belong to a split."""
+
+import logging
+import signal
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -11,3 +15,18 @@ MODEL, RUN = "models/model.keras", "models/run.json"
 def split_samples(name: str) -> list[Sample]:
     table = pd.read_csv(SPLIT, dtype={"image_id": str})
     return load_samples(DATA_DIR, list(table.loc[table["split"] == name, "image_id"]))
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage: INFO logs, and SIGTERM (`kill`, a stopped CI job) ends it as Ctrl-C does.
+
+    Python's default for SIGTERM exits without unwinding, which would leave the stage's MLflow
+    run RUNNING; unwinding marks it FAILED.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _interrupt)
+    main()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

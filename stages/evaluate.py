@@ -5,14 +5,14 @@ import logging
 import cv2
 import mlflow
 
-from pipeline.config import load_params
+from pipeline.config import assert_params_unchanged, load_params
 from pipeline.evaluation import evaluate_model
 from pipeline.inference import tta_sizes
 from pipeline.model import load_model
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.masks import overlay
 from pipeline.tracking import resume_run
-from stages.common import MODEL, RUN, split_samples
+from stages.common import MODEL, RUN, run_stage, split_samples
 
 METRICS, THRESHOLDS, CONFIG, GALLERY = "metrics/eval.json", "plots/thresholds.csv", "eval/serving_config.json", "eval/gallery"
 
@@ -25,6 +25,7 @@ def main() -> None:
     metrics, table, preds = evaluate_model(model, split_samples("val"), test, cfg, size)
     threshold = metrics["threshold"]
 
+    assert_params_unchanged()
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)
     write_json(CONFIG, {"threshold": threshold, "min_area": int(cfg["min_area"]), "input_size": size, "flip_tta": bool(cfg["flip_tta"]),
@@ -45,5 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    run_stage(main)

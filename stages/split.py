@@ -2,10 +2,11 @@
 
 import logging
 
-from pipeline.config import load_params
+from pipeline.config import assert_params_unchanged, load_params
 from pipeline.formats import read_table
 from pipeline.io import write_csv
 from pipeline.split import split_dataset
+from stages.common import run_stage
 
 DATA_DIR, OUT = "data/extracted", "data/split.csv"
 
@@ -14,10 +15,10 @@ def main() -> None:
     cfg = load_params()["split"]
     images, boxes = read_table(DATA_DIR)
     table = split_dataset(images, boxes, val=cfg["val"], test=cfg["test"], seed=cfg["seed"])
+    assert_params_unchanged()
     write_csv(OUT, table)
     logging.info("split: %s", table["split"].value_counts().to_dict())
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    run_stage(main)

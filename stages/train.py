@@ -4,11 +4,11 @@ import logging
 
 import mlflow
 
-from pipeline.config import load_params
+from pipeline.config import assert_params_unchanged, load_params
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.tracking import epoch_logger, new_run
 from pipeline.training import encoder_weights_note, summarize, train_from_params
-from stages.common import MODEL, RUN, split_samples
+from stages.common import MODEL, RUN, run_stage, split_samples
 
 METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 
@@ -21,6 +21,7 @@ def main() -> None:
         mlflow.set_tag("encoder_weights", note)
         logging.info("encoder weights: %s", note)
         model, history = train_from_params(params, train, val, callbacks=[epoch_logger()])
+        assert_params_unchanged()
         with atomic_path(MODEL) as tmp:
             model.save(tmp)
         write_csv(HISTORY, history)
@@ -53,5 +54,4 @@ def _curves(history):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main()
+    run_stage(main)
