@@ -24,10 +24,15 @@ MODEL = "models:/face-segmenter@champion"
 
 
 @pytest.fixture(scope="module")
-def server(project, tmp_path_factory):
+def served(project, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    with scoring_server(MODEL, f"sqlite:///{project / 'mlflow.db'}", log_path=log) as url:
-        yield url
+    with scoring_server(MODEL, f"sqlite:///{project / 'mlflow.db'}", log_path=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +200,52 @@ def test_mlflow_models_predict_with_the_logged_serving_input_example(project, tm
     assert out.returncode == 0, out.stderr[-3000:]
     predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
     assert len(predictions) == 1 and {"mask", "boxes", "n_faces"} <= set(predictions[0])
+
+
+def test_a_request_over_the_pixel_limit_is_refused_before_decoding(served):
+    """16 all-zero 4096x4096 PNGs: 1 MB on the wire, 800 MB as pixels; refused from their headers."""
+    ok, png = cv2.imencode(".png", np.zeros((4096, 4096, 3), np.uint8))
+    body = request_body([base64.b64encode(png.tobytes()).decode()] * 16, None)
+    before = served.memory()
+    response = post(served.url, body)
+    after = served.memory()
+    assert response.status_code == 400, response.text[:300]
+    assert "268435456 pixels, over the limit of 40000000 (max_pixels)" in response.json()["message"]
+    assert after["peak_rss"] - before["peak_rss"] < 64 * 2**20  # no image was decoded (one is 48 MiB as RGB)
+    assert after["rss"] < 2 * 2**30, after
+
+
+def test_too_many_images_are_refused(server):
+    body = request_body([encode_image(np.zeros((8, 8, 3), np.uint8))] * 33, None)
+    response = post(server, body)
+    assert response.status_code == 400
+    assert "33 images in one request is over the limit of 32 (max_images)" in response.json()["message"]
+
+
+@pytest.mark.parametrize("data, headers, message", [
+    (b"", {}, "no Content-Type header"),
+    (b"[" * 100_000 + b"]" * 100_000, {"Content-Type": "application/json"}, "nested too deeply"),
+])
+def test_malformed_bodies_are_a_400_not_a_500(server, data, headers, message):
+    response = requests.post(f"{server}/invocations", data=data, headers=headers, timeout=60)
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert message in response.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+def test_client_names_clashing_overlays_apart_and_fails_loudly_when_it_cannot_write(server, tmp_path):
+    for folder, ext in (("a", ".jpg"), ("b", ".png")):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / f"x{ext}"), generate(1, 64, 64, 1, seed=2)[0].image)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.client", "predict", *args, "--url", server],  # noqa: E731
+                                       capture_output=True, text=True, env=env(), timeout=300)
+    out = run(str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [json.loads(line)["overlay"] for line in out.stdout.splitlines()] == [str(tmp_path / "o" / "x.png"),
+                                                                                 str(tmp_path / "o" / "x-2.png")]
+    assert cv2.imread(str(tmp_path / "o" / "x.png")) is not None and cv2.imread(str(tmp_path / "o" / "x-2.png")) is not None
+    missing = tmp_path / "no" / "such" / "folder" / "overlay.png"
+    out = run(str(tmp_path / "a" / "x.jpg"), "--out", str(missing))
+    assert out.returncode == 1 and f"facemask: error: could not write {missing}" in out.stderr
+    out = run(str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "a" / "x.jpg" / "o"))
+    assert out.returncode == 1 and "facemask: error:" in out.stderr and "Traceback" not in out.stderr
