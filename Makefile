@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 PORT ?= 5001
 
-.PHONY: run test serve ui clean
+.PHONY: run test test-fast serve ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed-dev    # what needs no training and no server: under a minute
+	$(BIN)/python -m pytest -q -m "not slow"
 
 serve: $(VENV)/.installed
 	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/mlflow models serve \

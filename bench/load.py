@@ -24,7 +24,7 @@ import requests
 
 from bench.serving import photos
 from pipeline.client import request_body
-from pipeline.server import scoring_server
+from bench.server import scoring_server
 from pipeline.tracking import tracking_uri
 
 

@@ -19,32 +19,23 @@ import logging
 import os
 import time
 
-import pandas as pd
-import yaml
+from dataclasses import replace
 
-from pipeline.config import PARAMS_FILE, deep_merge, effective_params, resolve_path
+import pandas as pd
+
+from pipeline.config import Params, build, compose, resolve_path
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
-from pipeline.images import Limits
 from pipeline.model import load_model
 from pipeline.split import kfold, split_dataset
-from pipeline.training import summarize, train_from_params
+from pipeline.training import summarize, train_model
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
 PLAIN_COLUMNS = ["dice_plain", "pooled_dice_plain", "face_recall_plain", "infer_img_s_plain"]
 
 
-def parse_override(text: str) -> dict:
-    """'a.b=value' -> {'a': {'b': value}}, the value read as YAML (like `dvc exp run -S`)."""
-    key, _, value = text.partition("=")
-    out: dict = yaml.safe_load(value)
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
-
-
-def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None,
+def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None,
              load: str | None = None) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
@@ -59,15 +50,15 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
             raise SystemExit(f"--load {load}: {path} does not exist; run with --save {load} first")
         model, history = load_model(path), None
     else:
-        model, history = train_from_params(params, train, val)
+        model, history = train_model(params.model, params.train, train, val)
     if save:
         model.save(os.path.join(save, f"fold{fold}.keras"))
-    size = int(params["model"]["input_size"])
+    size = params.model.input_size
     start = time.perf_counter()
-    metrics, _, _ = evaluate_model(model, val, test, params["evaluate"], size)
+    metrics, _, _ = evaluate_model(model, val, test, params.evaluate, size)
     infer_s = time.perf_counter() - start
-    plain_cfg, plain = {**params["evaluate"], "flip_tta": False, "tta_scales": [1.0]}, {}
-    if plain_cfg != params["evaluate"]:  # the same model without test-time augmentation: its gain and cost
+    plain_cfg, plain = replace(params.evaluate, flip_tta=False, tta_scales=(1.0,)), {}
+    if plain_cfg != params.evaluate:  # the same model without test-time augmentation: its gain and cost
         start = time.perf_counter()
         without, _, _ = evaluate_model(model, val, test, plain_cfg, size)
         plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
@@ -75,14 +66,14 @@ def run_fold(params: dict, samples, folds: pd.Series, fold: int, seed: int, save
     row = {**metrics, **plain, "fold": fold, "n_test": len(test), "infer_img_s": (len(val) + len(test)) / infer_s}
     if history is None:
         return row
-    fit = summarize(history, params, train, val)
+    fit = summarize(history, params.train, train, val)
     return {**row, "n_train": fit["n_train"], "n_val": fit["n_val"], "epochs_run": fit["epochs_run"],
             "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="widerface", help="a preset in params.yaml (or 'none')")
+    parser.add_argument("--preset", default="widerface", help="a preset in conf/preset/ (or 'none')")
     parser.add_argument("--data", default="../shared/data/widerface-dev/images.npy",
                         help="a course-layout .npy file or a YOLO folder")
     parser.add_argument("--weights", default="../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
@@ -90,7 +81,8 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="the first fold to run")
     parser.add_argument("-k", type=int, default=5, help="number of folds the data is cut into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help="param override, e.g. train.lr=3e-4")
+    parser.add_argument("-S", dest="overrides", action="append", default=[],
+                        help="param override as for dvc exp run, e.g. train.finetune_lr=3e-4")
     parser.add_argument("--out", help="write the per-fold table as CSV")
     saved = parser.add_mutually_exclusive_group()
     saved.add_argument("--save", help="folder to save each fold's model in (foldK.keras, and folds.csv: the folds they used)")
@@ -99,16 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    with open(PARAMS_FILE) as fh:
-        raw = yaml.safe_load(fh)
-    raw["preset"] = None if args.preset == "none" else args.preset
-    params = effective_params(raw)
-    params["model"]["weights"] = args.weights
-    for text in args.overrides:
-        params = deep_merge(params, parse_override(text))
+    raw = compose([f"preset={args.preset}", f"model.weights={args.weights}", *args.overrides])
+    params = build(Params, raw, f"conf/ with preset={args.preset} and -S {args.overrides}")
     path = resolve_path(args.data)
-    limits = Limits.from_params(params["export"]["limits"])
-    samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report(), limits)
+    samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report(), params.export.limits)
     images, boxes = to_tables(samples)
     folds = kfold(images, boxes, args.k, args.seed)
     if args.save:

@@ -18,7 +18,7 @@ import requests
 
 from pipeline.client import request_body
 from pipeline.serving import encode_image
-from pipeline.server import scoring_server
+from bench.server import scoring_server
 from pipeline.synthetic import generate
 from pipeline.tracking import tracking_uri
 
@@ -78,7 +78,7 @@ def main() -> None:
     table["http overhead %"] = [
         100 * (remote[k] / local[k] - 1) if k.endswith("_ms") else 100 * (local[k] / remote[k] - 1) for k in table.index
     ]
-    print(f"model {args.model}: input {config['tta_sizes']} px, flip TTA {config['flip_tta']}; "
+    print(f"model {args.model}: input {list(config.tta_sizes)} px, flip TTA {config.flip_tta}; "
           f"one 640x480 JPEG per request for latency")
     print(table.round(1).to_string())
 

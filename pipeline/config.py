@@ -1,18 +1,352 @@
-"""Parameters and project paths shared by every stage."""
+"""The pipeline's settings as typed, validated objects, built once from params.yaml.
+
+`conf/config.yaml` and `conf/preset/*.yaml` hold the settings; `dvc exp run` composes them
+into params.yaml (DVC's Hydra composition) and applies `-S` overrides on top, so params.yaml
+always holds exactly the values a run uses. Stages read params.yaml with `load_params`, which
+refuses unknown or missing keys, wrong types and out-of-range values, naming the key, and
+checks every rule between settings here, before any work is done.
+"""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import os
+import tempfile
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 PARAMS_FILE = "params.yaml"
-PRESET_SECTIONS = ("model", "train", "evaluate")  # what a preset may set: the stages that list it in dvc.yaml
 
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_images: int
+    min_size: int
+    max_size: int
+    max_faces: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "images_npy", "yolo"]
+    path: str | None
+    synthetic: SyntheticConfig
+
+    def __post_init__(self):
+        _check(self.source == "synthetic" or bool(self.path), "data.path", f"is required for data.source={self.source!r}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val: float
+    test: float
+    seed: int
+
+    def __post_init__(self):
+        _check(0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1, "split",
+               f"val {self.val} and test {self.test} must be fractions that leave images to train on")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["mobilenet", "mobilenet_v2"]
+    alpha: float
+    input_size: int
+    weights: str  # imagenet | none | a path to no-top .h5 weights
+    decoder: Literal["conv", "bare"]
+    decoder_filters: tuple[int, ...]
+    bn_momentum: float
+
+    def __post_init__(self):
+        _check(self.input_size % 32 == 0 and self.input_size > 0, "model.input_size", "must be a positive multiple of 32")
+        _check(len(self.decoder_filters) == 4, "model.decoder_filters", "must list 4 widths, one per decoder block")
+        _check(0 < self.bn_momentum < 1, "model.bn_momentum", "must be between 0 and 1")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool
+    zoom: tuple[float, float]
+    brightness: float
+    contrast: float
+
+    def __post_init__(self):
+        _check(0 < self.zoom[0] <= self.zoom[1], "train.augment.zoom", "must be [low, high] with 0 < low <= high")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    batch_size: int
+    crop_size: int | None
+    loss: Literal["dice", "bce_dice", "focal_dice", "bce_logdice"]
+    warmup_epochs: int
+    warmup_lr: float
+    warmup_trainable_layers: int | Literal["all"]
+    finetune_epochs: int | tuple[int, ...]
+    finetune_lr: float
+    finetune_trainable_layers: int | Literal["all"]
+    lr_schedule: Literal["constant", "cosine"]
+    patience: int
+    val_every: int
+    use_val: bool
+    ema_momentum: float
+    ensemble: int
+    augment: AugmentConfig
+
+    def __post_init__(self):
+        _check(self.crop_size is None or (self.crop_size > 0 and self.crop_size % 32 == 0), "train.crop_size",
+               "must be null or a positive multiple of 32")
+        _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs)")
+        _check(self.ensemble >= 1, "train.ensemble", "must be >= 1 (the number of models to average)")
+        _check(isinstance(self.finetune_epochs, int) or len(self.finetune_epochs) == self.ensemble, "train.finetune_epochs",
+               f"lists {len(self.finetune_epochs) if not isinstance(self.finetune_epochs, int) else 1} members' epochs "
+               f"but train.ensemble is {self.ensemble}: give one number, or one per member")
+        _check(max(self.member_epochs) > 0 or self.warmup_epochs > 0, "train",
+               "warmup_epochs and finetune_epochs are both 0: nothing to train")
+        _check(0 <= self.ema_momentum < 1, "train.ema_momentum", "must be in [0, 1)")
+        _check(not self.use_val or self.patience == 0, "train.patience",
+               "must be 0 with train.use_val: the val images are trained on, so their dice cannot stop training")
+
+    @property
+    def member_epochs(self) -> list[int]:
+        """Fine-tuning epochs of each ensemble member."""
+        return [self.finetune_epochs] * self.ensemble if isinstance(self.finetune_epochs, int) else list(self.finetune_epochs)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: float | None
+    threshold_grid: tuple[float, float, float]
+    threshold_ratio: float
+    min_area: int
+    separate_faces: bool
+    flip_tta: bool
+    tta_scales: tuple[float, ...]
+    gallery_size: int
+
+    def __post_init__(self):
+        _check(self.threshold is None or 0 <= self.threshold <= 1, "evaluate.threshold", "must be null or in [0, 1]")
+        _check(0 <= self.threshold_ratio <= 1, "evaluate.threshold_ratio", "must be between 0 (off) and 1")
+        _check(self.min_area >= 0, "evaluate.min_area", "must be >= 0")
+        _check(len(self.tta_scales) > 0 and min(self.tta_scales) > 0, "evaluate.tta_scales",
+               "must be a non-empty list of positive factors")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the served model accepts; the sides apply to training images too."""
+
+    min_side: int  # pixels; smaller images have no room for a face
+    max_side: int  # pixels
+    max_bytes: int  # encoded bytes of one image
+    max_images: int  # images in one request
+    max_pixels: int  # decoded pixels (width x height) of all images in one request
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check(getattr(self, f.name) >= 1, f"export.limits.{f.name}", "must be a positive integer")
+        _check(self.min_side <= self.max_side, "export.limits.min_side", f"{self.min_side} is over max_side {self.max_side}")
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why an image of this size is refused, or None."""
+        if max(width, height) > self.max_side:
+            return f"image {width}x{height} is larger than the limit {self.max_side}x{self.max_side} (max_side)"
+        if min(width, height) < self.min_side:
+            return f"image {width}x{height} is smaller than the minimum side of {self.min_side} pixels (min_side)"
+        return None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model_name: str
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml. Rules between sections are checked here, before any work is done."""
+
+    preset: str
+    data: DataConfig
+    split: SplitConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    mlflow: MlflowConfig
+
+    def __post_init__(self):
+        _check(not self.train.use_val or self.evaluate.threshold is not None, "evaluate.threshold",
+               "must be set with train.use_val: the val images are trained on, so they cannot choose it")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, lists for tuples: what params.yaml holds (for logging)."""
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the served model does besides the network; written by evaluate, read by export and the pyfunc."""
+
+    input_size: int
+    tta_sizes: tuple[int, ...]
+    flip_tta: bool
+    separate_faces: bool
+    threshold: float
+    threshold_ratio: float
+    min_area: int
+    test_fingerprint: str  # the evaluation these settings were measured with
+    test_dice: float
+    limits: Limits
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "serving config") -> ServingConfig:
+        return build(cls, values, where)
+
+
+# --- building and reading -----------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build(cls, values: Any, where: str):
+    """`cls` from a dict of plain values: unknown and missing keys and wrong types are ConfigErrors naming the key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(values) - set(fields)), [n for n in fields if n not in values]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)} (a typo?); "
+                          f"known: {', '.join(fields)}")
+    if missing:
+        raise ConfigError(f"{where}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    hints = get_type_hints(cls)
+    return cls(**{name: _convert(values[name], hints[name], f"{where}.{name}") for name in fields})
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not {_describe(hint)}")
+    if origin is Literal:
+        if value in get_args(hint):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
+    if origin is tuple:
+        args = get_args(hint)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            raise ConfigError(f"{where}: {value!r} is not {_describe(hint)}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_convert(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, kinds)))
+    ok = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool)}[hint]
+    if not ok:
+        raise ConfigError(f"{where}: {value!r} is not {_describe(hint)}")
+    return float(value) if hint is float else value
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    if origin is Literal:
+        return " or ".join(map(repr, get_args(hint)))
+    if origin is tuple:
+        args = get_args(hint)
+        return f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
+    return {type(None): "null", bool: "true or false", str: "a string", int: "an integer", float: "a number"}[hint]
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{PARAMS_FILE} {key}: {message}")
+
+
+_READ: dict[str, str] = {}  # params file -> digest of the bytes this process read
+
+
+class ParamsChanged(RuntimeError):
+    """params.yaml changed while a stage ran: DVC would record values other than those that ran."""
+
+
+def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml as plain values, exactly as DVC records them; its digest is kept for `assert_params_unchanged`."""
+    data = Path(path).read_bytes()
+    _READ[str(path)] = hashlib.sha256(data).hexdigest()
+    return yaml.safe_load(data) or {}
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
+    """Typed, validated params.yaml (from the current workspace, which DVC sets to the stage's copy)."""
+    return build(Params, read_params(path), str(path))
+
+
+def assert_params_unchanged(path: str | os.PathLike = PARAMS_FILE) -> None:
+    """Fail unless params.yaml still holds what `read_params` read.
+
+    DVC writes a stage's params into dvc.lock from the file as it is when the stage ends. A second
+    `dvc exp run` started in the same workspace writes its `-S` values into params.yaml before DVC's
+    lock refuses it, so the first run would record the second's params. Stages call this before
+    they record anything (and training after every epoch), so such a run fails instead of lying.
+    """
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != _READ[str(path)]:
+        raise ParamsChanged(
+            f"{path} changed while this stage ran, so DVC would record other params than the ones that ran "
+            f"(another `dvc exp run` in this workspace?). Stopped before recording anything. Run experiments "
+            f"side by side with `dvc exp run --queue ...` and `dvc exp run --run-all --jobs N`, or with `--temp`."
+        )
+
+
+def compose(overrides: list[str] = (), conf_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The params `dvc exp run -S <overrides>` would write, composed by DVC's own Hydra code."""
+    from dvc.utils.hydra import compose_and_dump
+
+    conf_dir = Path(conf_dir or project_root() / "conf").resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / PARAMS_FILE
+        compose_and_dump(out, str(conf_dir), None, "config", str(conf_dir.parent), list(overrides))
+        return yaml.safe_load(out.read_text())
+
+
+# --- paths --------------------------------------------------------------------------------------
 
 def project_root() -> Path:
     """The repository root, also when DVC runs an experiment in a temporary copy.
@@ -34,71 +368,8 @@ def resolve_path(value: str | os.PathLike) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """`base` with `override` laid over it, nested dicts merged key by key."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def effective_params(raw: dict) -> dict:
-    """Base params with the chosen preset laid over them.
-
-    A preset (`preset: <name>`, defined under `presets:`) changes only the keys it lists; to change
-    one of those for a run, override it inside the preset (`-S presets.<name>.train.epochs=5`).
-    """
-    name = raw.get("preset")
-    presets = raw.get("presets") or {}
-    base = {k: v for k, v in raw.items() if k not in ("preset", "presets")}
-    if not name:
-        return base
-    if name not in presets:
-        raise ValueError(f"{PARAMS_FILE}: preset {name!r} is not defined; defined: {sorted(presets)}")
-    extra = set(presets[name]) - set(PRESET_SECTIONS)
-    if extra:
-        raise ValueError(f"{PARAMS_FILE}: preset {name!r} sets {sorted(extra)}; presets may only set {PRESET_SECTIONS}")
-    return deep_merge(base, presets[name])
-
-
-_READ: dict[str, str] = {}  # params file -> digest of the bytes this process read
-
-
-class ParamsChanged(RuntimeError):
-    """params.yaml changed while a stage ran: DVC would record values other than those that ran."""
-
-
-def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
-    """Read params.yaml (from the current workspace, which DVC sets to the stage's copy).
-
-    The digest of what was read is kept for `assert_params_unchanged`.
-    """
-    data = Path(path).read_bytes()
-    _READ[str(path)] = hashlib.sha256(data).hexdigest()
-    return effective_params(yaml.safe_load(data) or {})
-
-
-def assert_params_unchanged(path: str | os.PathLike = PARAMS_FILE) -> None:
-    """Fail unless params.yaml still holds what `load_params` read.
-
-    DVC writes a stage's params into dvc.lock from the file as it is when the stage ends. A second
-    `dvc exp run` started in the same workspace writes its `-S` values into params.yaml before DVC's
-    lock refuses it, so the first run would record the second's params. Stages call this before
-    they record anything (and training after every epoch), so such a run fails instead of lying.
-    """
-    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != _READ[str(path)]:
-        raise ParamsChanged(
-            f"{path} changed while this stage ran, so DVC would record other params than the ones that ran "
-            f"(another `dvc exp run` in this workspace?). Stopped before recording anything. Run experiments "
-            f"side by side with `dvc exp run --queue ...` and `dvc exp run --run-all --jobs N`, or with `--temp`."
-        )
-
-
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
-    """`{'a': {'b': 1}}` -> `{'a.b': 1}`, for logging params to MLflow."""
+    """`{'a': {'b': 1}}` -> `{'a.b': 1}`, for logging params to MLflow as DVC shows them."""
     out: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"

@@ -7,8 +7,12 @@ import math
 import cv2
 import numpy as np
 
+from pipeline.config import AugmentConfig
 from pipeline.formats import Sample
 from pipeline.masks import boxes_to_mask
+
+
+NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 
 
 def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
@@ -32,7 +36,8 @@ def to_arrays(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: dict | None, seed: int, crop_size: int | None = None):
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: AugmentConfig | None, seed: int,
+                 crop_size: int | None = None):
     """Training dataset: repeated, shuffled, augmented, batched, prefetched; deterministic per seed.
 
     With `crop_size`, each example is a random zoomed crop of that side (cheaper steps than whole
@@ -46,13 +51,13 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: dict | 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(max(len(x), 1), seed=seed)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
-        lambda xy, s: _augment(xy[0], xy[1], s, augment or {}, out_size), num_parallel_calls=tf.data.AUTOTUNE,
+        lambda xy, s: _augment(xy[0], xy[1], s, augment or NO_AUGMENT, out_size), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(len(x) / batch_size))
 
 
-def _augment(image, mask, seed, cfg: dict, out_size: int):
+def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int):
     """Flip, random zoom-and-crop to `out_size` (zoom > 1 enlarges small faces), brightness, contrast."""
     import tensorflow as tf
 
@@ -60,8 +65,8 @@ def _augment(image, mask, seed, cfg: dict, out_size: int):
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
     # The draws of stateless_random_flip_left_right, then stateless_random_crop of the flipped image,
     # but the window is cut before the float copy and the flip: the same crops at a third to half the cost.
-    flip = tf.random.stateless_uniform([], seeds[0], 0, 1.0) < 0.5 if cfg.get("flip", False) else tf.constant(False)
-    zoom_min, zoom_max = cfg.get("zoom", [1.0, 1.0])
+    flip = tf.random.stateless_uniform([], seeds[0], 0, 1.0) < 0.5 if cfg.flip else tf.constant(False)
+    zoom_min, zoom_max = cfg.zoom
     zoom = tf.random.stateless_uniform([], seeds[1], float(zoom_min), float(zoom_max) + 1e-6)
     crop = tf.cast(tf.clip_by_value(tf.round(out_size / zoom), 8.0, tf.cast(tf.minimum(height, width), tf.float32)), tf.int32)
     limit = tf.stack([height - crop + 1, width - crop + 1, 1])
@@ -72,9 +77,9 @@ def _augment(image, mask, seed, cfg: dict, out_size: int):
     both = tf.cond(flip, lambda: tf.reverse(both, [1]), lambda: both)
     both = tf.image.resize(both, [out_size, out_size], method="bilinear")
     image, mask = both[..., :3], both[..., 3:]
-    if cfg.get("brightness", 0):
-        image = tf.image.stateless_random_brightness(image, 255.0 * float(cfg["brightness"]), seeds[3])
-    if cfg.get("contrast", 0):
-        c = float(cfg["contrast"])
+    if cfg.brightness:
+        image = tf.image.stateless_random_brightness(image, 255.0 * cfg.brightness, seeds[3])
+    if cfg.contrast:
+        c = cfg.contrast
         image = tf.image.stateless_random_contrast(image, 1 - c, 1 + c, seeds[4])
     return tf.clip_by_value(image, 0, 255), tf.clip_by_value(mask, 0, 1)

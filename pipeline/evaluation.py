@@ -7,10 +7,11 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from pipeline.config import EvaluateConfig
 from pipeline.formats import Sample
 from pipeline.inference import predict_probs, tta_sizes
 from pipeline.masks import boxes_to_mask, postprocess
-from pipeline.metrics import dice, evaluate_masks, pixel_counts
+from pipeline.metrics import evaluate_masks, mask_dice, pixel_counts
 
 
 def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int,
@@ -23,7 +24,7 @@ def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: 
         tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
         rows.append({
             "threshold": round(float(t), 4),
-            "dice": float(np.mean([dice(m, g) for m, g in zip(masks, trues)])),
+            "dice": float(np.mean([mask_dice(m, g) for m, g in zip(masks, trues)])),
             "precision": float(tp / (tp + fp)) if tp + fp else 1.0,
             "recall": float(tp / (tp + fn)) if tp + fn else 1.0,
         })
@@ -36,9 +37,9 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
-             split: bool = False, ratio: float = 0.0) -> tuple[dict, list]:
+             separate: bool = False, ratio: float = 0.0) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from."""
-    preds = [postprocess(p, threshold, min_area, split, ratio) for p in probs]
+    preds = [postprocess(p, threshold, min_area, separate, ratio) for p in probs]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
     return metrics, preds
@@ -54,20 +55,17 @@ def fingerprint(samples: list[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: dict, input_size: int):
+def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int):
     """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
     only here, after every choice has been made on val. A number in `evaluate.threshold` is used
     instead of val's choice (the table is still val's curve), for models trained on val.
     """
-    flip, min_area, sizes = bool(cfg["flip_tta"]), int(cfg["min_area"]), tta_sizes(input_size, cfg["tta_scales"])
-    ratio = float(cfg.get("threshold_ratio") or 0.0)
-    if not 0.0 <= ratio <= 1.0:  # before any prediction time is spent
-        raise ValueError(f"params.yaml evaluate.threshold_ratio must be between 0 (off) and 1, got {ratio}")
-    probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=flip)  # noqa: E731
-    table = threshold_table(probs(val), val, np.arange(*cfg["threshold_grid"]), min_area, ratio)
-    threshold = choose_threshold(table) if cfg.get("threshold") is None else float(cfg["threshold"])
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, bool(cfg["split_faces"]), ratio)
+    min_area, ratio, sizes = cfg.min_area, cfg.threshold_ratio, tta_sizes(input_size, cfg.tta_scales)
+    probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=cfg.flip_tta)  # noqa: E731
+    table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio)
+    threshold = choose_threshold(table) if cfg.threshold is None else cfg.threshold
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds

@@ -1,4 +1,4 @@
-"""Image size limits and header checks: one rule for training files and served requests.
+"""Image header checks against the size limits: one rule for training files and served requests.
 
 Sizes are read from the file's header and checked before any pixel is decoded, so a small
 file that would decode to gigabytes (a "decompression bomb") is refused for what it is.
@@ -7,42 +7,11 @@ file that would decode to gigabytes (a "decompression bomb") is refused for what
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, fields
 
 import numpy as np
 from PIL import Image, ImageOps
 
-
-@dataclass(frozen=True)
-class Limits:
-    """`export.limits` in params.yaml. The sides apply to training images too."""
-
-    min_side: int  # pixels; smaller images have no room for a face
-    max_side: int  # pixels
-    max_bytes: int  # encoded bytes of one image
-    max_images: int  # images in one request
-    max_pixels: int  # decoded pixels (width x height) of all images in one request
-
-    @classmethod
-    def from_params(cls, values: dict, where: str = "params.yaml export.limits") -> Limits:
-        names = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(values) - set(names)), [n for n in names if n not in values]
-        if unknown or missing:
-            raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}; expected {names}")
-        bad = [n for n in names if isinstance(values[n], bool) or not isinstance(values[n], int) or values[n] < 1]
-        if bad:
-            raise ValueError(f"{where}: {', '.join(f'{n}={values[n]!r}' for n in bad)} must be positive integers")
-        if values["min_side"] > values["max_side"]:
-            raise ValueError(f"{where}: min_side {values['min_side']} is over max_side {values['max_side']}")
-        return cls(**{n: values[n] for n in names})
-
-    def size_problem(self, width: int, height: int) -> str | None:
-        """Why an image of this size is refused, or None."""
-        if max(width, height) > self.max_side:
-            return f"image {width}x{height} is larger than the limit {self.max_side}x{self.max_side} (max_side)"
-        if min(width, height) < self.min_side:
-            return f"image {width}x{height} is smaller than the minimum side of {self.min_side} pixels (min_side)"
-        return None
+from pipeline.config import Limits
 
 
 def open_image(data: bytes, limits: Limits | None, formats: tuple[str, ...] | None = None) -> Image.Image:

@@ -22,7 +22,7 @@ def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, split: bool = False,
+def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, separate: bool = False,
                 ratio: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Threshold a probability map into (mask, boxes).
 
@@ -32,8 +32,8 @@ def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, split: bo
 
     Connected components under `min_area` pixels are removed from the mask. Each remaining
     component is a face box `[x1, y1, x2, y2, score]` in pixels, score being the mean probability
-    inside it; with `split`, touching faces that merged into one component are cut apart first
-    (`split_touching`), which changes the boxes, never the mask (a cut-off piece under
+    inside it; with `separate`, touching faces that merged into one component are cut apart first
+    (`separate_touching`), which changes the boxes, never the mask (a cut-off piece under
     `min_area` pixels gets no box of its own). Evaluation and serving both call this, so what
     is measured is what is served.
     """
@@ -43,8 +43,8 @@ def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, split: bo
     if not keep.all():
         binary = np.isin(labels, np.flatnonzero(keep) + 1).astype(np.uint8)
         labels = labels * binary
-    if split and binary.any():
-        labels = split_touching(prob, binary)
+    if separate and binary.any():
+        labels = separate_touching(prob, binary)
     return binary, region_boxes(labels, prob, max(min_area, 1))
 
 
@@ -58,7 +58,7 @@ def image_threshold(prob: np.ndarray, threshold: float, ratio: float = 0.0) -> f
     return float(ratio * above.mean()) if above.size else float(threshold)
 
 
-def split_touching(prob: np.ndarray, binary: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+def separate_touching(prob: np.ndarray, binary: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     """Label map with one region per probability peak: watershed of the (smoothed) map in the mask.
 
     Neighbouring faces in a crowd merge into one component, whose single box then matches none

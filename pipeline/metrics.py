@@ -8,14 +8,14 @@ import numpy as np
 SIZE_BUCKETS = {"small": 0.05, "medium": 0.15, "large": np.inf}
 
 
-def dice(pred: np.ndarray, true: np.ndarray) -> float:
+def mask_dice(pred: np.ndarray, true: np.ndarray) -> float:
     """Dice of two binary masks; two empty masks agree perfectly (1.0)."""
     p, t = pred.astype(bool), true.astype(bool)
     denom = p.sum() + t.sum()
     return 1.0 if denom == 0 else float(2 * np.logical_and(p, t).sum() / denom)
 
 
-def iou(pred: np.ndarray, true: np.ndarray) -> float:
+def mask_iou(pred: np.ndarray, true: np.ndarray) -> float:
     p, t = pred.astype(bool), true.astype(bool)
     union = np.logical_or(p, t).sum()
     return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
@@ -71,8 +71,8 @@ def evaluate_masks(
     min_iou: float = 0.5,
 ) -> dict[str, float]:
     """Mean per-image dice/IoU, pooled dice, pixel precision/recall, face recall/precision by size."""
-    dices = [dice(p, t) for p, t in zip(preds, trues, strict=True)]
-    ious = [iou(p, t) for p, t in zip(preds, trues, strict=True)]
+    dices = [mask_dice(p, t) for p, t in zip(preds, trues, strict=True)]
+    ious = [mask_iou(p, t) for p, t in zip(preds, trues, strict=True)]
     tp, fp, fn = np.sum([pixel_counts(p, t) for p, t in zip(preds, trues)], axis=0)
     out = {
         "n_images": len(preds),

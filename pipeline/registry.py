@@ -5,44 +5,60 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import ServingConfig
+
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CODE_DIR = Path(__file__).parent  # the `pipeline` package, shipped with the model as its code
+REQUIREMENTS = ["tensorflow", "keras", "mlflow", "opencv-python-headless", "pandas", "numpy", "pillow", "scipy", "pyyaml"]
 
 
-def log_pyfunc(keras_path: Path, config_path: Path, example: pd.DataFrame, output: pd.DataFrame, config: dict,
-               requirements: list[str]):
-    """Log FaceSegmenter with its Keras model, config, signature (params schema) and input example."""
-    from pipeline.serving import FaceSegmenter
+def log_model(keras_path: Path, config: ServingConfig, example_image: np.ndarray):
+    """Log FaceSegmenter into the active run: the Keras model, its serving config, a signature with
+    the request params, an input example with its prediction, and the pinned requirements."""
+    from pipeline.model import load_model
+    from pipeline.serving import FaceSegmenter, encode_image, predict_images
 
-    params = {"threshold": float(config["threshold"]), "threshold_ratio": float(config["threshold_ratio"]),
-              "min_area": int(config["min_area"])}
-    signature = infer_signature(example, output, params=params)
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=FaceSegmenter(),
-        artifacts={"keras_model": str(keras_path), "config": str(config_path)},
-        code_paths=[str(CODE_DIR)],
-        signature=signature,
-        input_example=(example, {"threshold": float(config["threshold"])}),
-        pip_requirements=requirements,
-    )
+    example = pd.DataFrame({"image": [encode_image(example_image, ".jpg")]})
+    output = predict_images(load_model(keras_path), [example_image], config)
+    params = {"threshold": config.threshold, "threshold_ratio": config.threshold_ratio, "min_area": config.min_area}
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "serving_config.json"
+        config_path.write_text(json.dumps(config.to_dict(), indent=2))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=FaceSegmenter(),
+            artifacts={"keras_model": str(keras_path), "config": str(config_path)},
+            code_paths=[str(CODE_DIR)],
+            signature=infer_signature(example, output, params=params),
+            input_example=(example, {"threshold": config.threshold}),
+            pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
+        )
 
 
-def serving_digest(keras_path: Path, config: dict) -> str:
+def version_tags(config: ServingConfig) -> dict[str, str]:
+    """What a version was measured on and with: promotion compares versions by these."""
+    return {"test_fingerprint": config.test_fingerprint, "test_dice": f"{config.test_dice:.6f}",
+            "threshold": str(config.threshold)}
+
+
+def serving_digest(keras_path: Path, config: ServingConfig) -> str:
     """Hash of everything that decides what the model serves: weights, serving config and the code it ships."""
     h = hashlib.sha256(Path(keras_path).read_bytes())
-    h.update(json.dumps(config, sort_keys=True).encode())
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     for file in sorted(CODE_DIR.glob("*.py")):
         h.update(file.name.encode() + file.read_bytes())
     return h.hexdigest()[:16]

@@ -21,7 +21,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from pipeline.images import Limits, open_image, to_rgb
+from pipeline.config import Limits, ServingConfig
+from pipeline.images import open_image, to_rgb
 from pipeline.inference import predict_probs
 from pipeline.masks import postprocess
 
@@ -93,12 +94,16 @@ def _each(values: list, fn) -> list:
     return out
 
 
-def predict_images(model, images: list[np.ndarray], config: dict, threshold: float, min_area: int,
-                   ratio: float = 0.0) -> pd.DataFrame:
-    probs = predict_probs(model, images, config["tta_sizes"], flip=config["flip_tta"])
+def predict_images(model, images: list[np.ndarray], config: ServingConfig, threshold: float | None = None,
+                   min_area: int | None = None, ratio: float | None = None) -> pd.DataFrame:
+    """The served output for decoded images; thresholds default to the evaluated ones."""
+    threshold = config.threshold if threshold is None else threshold
+    min_area = config.min_area if min_area is None else min_area
+    ratio = config.threshold_ratio if ratio is None else ratio
+    probs = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
     rows = []
     for prob in probs:
-        mask, boxes = postprocess(prob, threshold, min_area, config["split_faces"], ratio)
+        mask, boxes = postprocess(prob, threshold, min_area, config.separate_faces, ratio)
         rows.append({
             "mask": encode_image(mask * 255),
             "boxes": json.dumps([[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]),
@@ -154,25 +159,21 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
 
         self.model = load_model(context.artifacts["keras_model"])
         with open(context.artifacts["config"]) as fh:
-            config = json.load(fh)
-        # Models registered before test-time augmentation have none of its keys: predict as they did.
-        self.config = {"tta_sizes": [config["input_size"]], "flip_tta": False, "split_faces": False, "threshold_ratio": 0.0,
-                       **config}
-        self.limits = Limits.from_params(self.config["limits"], "serving config limits")
+            self.config = ServingConfig.from_dict(json.load(fh))
         guard_scoring_server()
-        for size in self.config["tta_sizes"]:
+        for size in self.config.tta_sizes:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests
                 self.model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
 
     def predict(self, context, model_input, params=None):
-        threshold = _param(params, "threshold", self.config["threshold"], float)
+        threshold = _param(params, "threshold", self.config.threshold, float)
         if not 0.0 <= threshold <= 1.0:
             raise BadInput(f"param 'threshold' must be between 0 and 1, got {threshold}")
-        ratio = _param(params, "threshold_ratio", self.config["threshold_ratio"], float)
+        ratio = _param(params, "threshold_ratio", self.config.threshold_ratio, float)
         if not 0.0 <= ratio <= 1.0:
             raise BadInput(f"param 'threshold_ratio' must be between 0 (off) and 1, got {ratio}")
-        min_area = _param(params, "min_area", self.config["min_area"], int)
+        min_area = _param(params, "min_area", self.config.min_area, int)
         if min_area < 0:
             raise BadInput(f"param 'min_area' must be >= 0, got {min_area}")
-        images = decode_batch(model_input, self.limits)
+        images = decode_batch(model_input, self.config.limits)
         return predict_images(self.model, images, self.config, threshold, min_area, ratio)

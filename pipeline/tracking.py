@@ -13,7 +13,7 @@ from typing import Iterator
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import assert_params_unchanged, flatten, project_root
+from pipeline.config import Params, assert_params_unchanged, flatten, project_root
 from pipeline.io import read_json, write_json
 
 
@@ -103,19 +103,19 @@ def _git_head() -> str | None:
 
 
 @contextmanager
-def new_run(params: dict, run_file: str | os.PathLike) -> Iterator[mlflow.ActiveRun]:
+def new_run(params: Params, run_file: str | os.PathLike) -> Iterator[mlflow.ActiveRun]:
     """Start the pipeline execution's MLflow run, log all params and record its id in `run_file`."""
-    experiment_id = setup(params["mlflow"]["experiment"])
+    experiment_id = setup(params.mlflow.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"), tags=run_tags()) as run:
-        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params.to_dict()).items()})
         yield run
         write_json(run_file, {"run_id": run.info.run_id, "experiment_id": experiment_id})
 
 
 @contextmanager
-def resume_run(params: dict, run_file: str | os.PathLike) -> Iterator[mlflow.ActiveRun]:
+def resume_run(params: Params, run_file: str | os.PathLike) -> Iterator[mlflow.ActiveRun]:
     """Log into the run that trained the model (its id read from the train stage's output)."""
-    setup(params["mlflow"]["experiment"])
+    setup(params.mlflow.experiment)
     run_id = read_json(run_file)["run_id"]
     try:
         MlflowClient().get_run(run_id)

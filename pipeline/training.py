@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.config import resolve_path
+from pipeline.config import ModelConfig, TrainConfig, resolve_path
 from pipeline.data import make_dataset, to_arrays
 from pipeline.formats import Sample
 from pipeline.losses import dice, get_loss
@@ -48,20 +48,18 @@ class KeepBest(keras.callbacks.Callback):
             self.best, self.weights = logs["val_dice"], self.model.get_weights()
 
 
-def phases(cfg: dict) -> list[tuple[str, int, float, int | str]]:
+def phases(cfg: TrainConfig, finetune_epochs: int) -> list[tuple[str, int, float, int | str]]:
     """(name, epochs, learning rate, trainable encoder layers) for each phase that runs."""
     out = []
-    if int(cfg["epochs"]) > 0:
-        out.append(("frozen", int(cfg["epochs"]), float(cfg["lr"]), cfg["trainable_layers"]))
-    if int(cfg.get("finetune_epochs", 0)) > 0:
-        out.append(("finetune", int(cfg["finetune_epochs"]), float(cfg["finetune_lr"]), cfg["finetune_trainable_layers"]))
-    if not out:
-        raise ValueError("train.epochs and train.finetune_epochs are both 0: nothing to train")
+    if cfg.warmup_epochs > 0:
+        out.append(("warmup", cfg.warmup_epochs, cfg.warmup_lr, cfg.warmup_trainable_layers))
+    if finetune_epochs > 0:
+        out.append(("finetune", finetune_epochs, cfg.finetune_lr, cfg.finetune_trainable_layers))
     return out
 
 
-def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: dict,
-        callbacks: list | None = None, first_epoch: int = 0) -> pd.DataFrame:
+def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
+        seed: int, finetune_epochs: int, callbacks: list | None = None, first_epoch: int = 0) -> pd.DataFrame:
     """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases.
 
     Val is predicted every `val_every` epochs of a phase and at its last epoch (early stopping's
@@ -70,73 +68,45 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
 
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
     """
-    ds, steps = make_dataset(*train, batch_size=int(cfg["batch_size"]), augment=cfg.get("augment"), seed=int(cfg["seed"]),
-                           crop_size=cfg.get("crop_size"))
+    ds, steps = make_dataset(*train, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed, crop_size=cfg.crop_size)
     x_val, y_val = val[0].astype(np.float32), val[1]
-    schedule, ema = cfg.get("lr_schedule", "constant"), float(cfg.get("ema_momentum", 0))
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"train.lr_schedule: unknown {schedule!r}; choose 'constant' or 'cosine'")
-    every = int(cfg.get("val_every", 1))
-    if every < 1:
-        raise ValueError(f"params.yaml train.val_every must be >= 1 (validate every N epochs), got {every}")
+    ema, every = cfg.ema_momentum, cfg.val_every
     rows, epoch, keep = [], first_epoch, KeepBest()
-    for name, epochs, lr, trainable in phases(cfg):
+    for name, epochs, lr, trainable in phases(cfg, finetune_epochs):
         set_trainable(model, trainable)
-        if schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
+        if cfg.lr_schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
             lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps, alpha=0.01)
         optimizer = keras.optimizers.Adam(lr, use_ema=ema > 0, ema_momentum=ema)
-        model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
-        history = History(name, steps * int(cfg["batch_size"]))
+        model.compile(optimizer=optimizer, loss=get_loss(cfg.loss), metrics=[dice])
+        history = History(name, steps * cfg.batch_size)
         # With EMA, validation, early stopping and KeepBest all see the averaged weights.
         swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []
-        stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=int(cfg["patience"]))] if cfg["patience"] else []
+        stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience)] if cfg.patience else []
         # Keras counts epochs from 1 here; the phase's last epoch is always validated.
         validated = [e for e in range(epoch + 1, epoch + epochs + 1) if (e - epoch) % every == 0 or e == epoch + epochs]
-        model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=int(cfg["batch_size"]),
+        model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
                   validation_freq=validated, initial_epoch=epoch, epochs=epoch + epochs,
                   callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
         rows += history.rows
         epoch += len(history.rows)
     # With train.use_val the val images are training images: their dice picks no epoch, the last stays.
-    if not cfg.get("use_val") and keep.weights is not None:
+    if not cfg.use_val and keep.weights is not None:
         model.set_weights(keep.weights)
     return pd.DataFrame(rows)
 
 
-def member_epochs(finetune_epochs: int | list[int], members: int) -> list[int]:
-    """Fine-tuning epochs of each ensemble member: one number for all, or a list with one per member.
-
-    On the real-face benchmark a long model averaged with a short one scored higher than two of
-    equal length (docs/quality-levers.md, sixteenth round).
-    """
-    if not isinstance(finetune_epochs, (list, tuple)):
-        return [int(finetune_epochs)] * members
-    if len(finetune_epochs) != members:
-        raise ValueError(f"params.yaml train.finetune_epochs lists {len(finetune_epochs)} members' epochs "
-                         f"({list(finetune_epochs)}) but train.ensemble is {members}: give one number per member")
-    return [int(e) for e in finetune_epochs]
-
-
-def training_images(params: dict, train: list[Sample], val: list[Sample]) -> list[Sample]:
+def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample]) -> list[Sample]:
     """The images a fit learns from: the train split, plus the val split with `train.use_val`.
 
     On a small data set the val images are worth more as training data than as a judge: the
     last epoch is kept instead of the best val epoch, and `evaluate.threshold` replaces the
-    threshold val would choose. Both are checked here, before any training time is spent.
+    threshold val would choose (both rules are checked in `Params`).
     """
-    tcfg = params["train"]
-    if not tcfg.get("use_val"):
-        return train
-    if int(tcfg.get("patience") or 0):
-        raise ValueError("params.yaml train.use_val trains on the val images, so their dice cannot stop training: "
-                         "set train.patience to 0")
-    if params.get("evaluate", {}).get("threshold") is None:
-        raise ValueError("params.yaml train.use_val trains on the val images, so they cannot choose the mask threshold: "
-                         "set evaluate.threshold (e.g. 0.45)")
-    return train + val
+    return train + val if cfg.use_val else train
 
 
-def train_from_params(params: dict, train: list[Sample], val: list[Sample], callbacks: list | None = None):
+def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
+                callbacks: list | None = None):
     """Seed, build the U-Net the params describe and fit it: (model, history). Shared by the train
     stage and the cross-validation benchmark, so both train exactly the same way.
 
@@ -147,39 +117,29 @@ def train_from_params(params: dict, train: list[Sample], val: list[Sample], call
     """
     import tensorflow as tf
 
-    mcfg, tcfg = params["model"], params["train"]
-    size, members = int(mcfg["input_size"]), int(tcfg.get("ensemble", 1))
-    for key, value in (("model.input_size", size), ("train.crop_size", tcfg.get("crop_size") or size)):
-        if int(value) % 32:
-            raise ValueError(f"params.yaml {key} must be a multiple of 32, got {value}")
-    if members < 1:
-        raise ValueError(f"params.yaml train.ensemble must be >= 1 (the number of models to average), got {members}")
-    epochs = member_epochs(tcfg.get("finetune_epochs", 0), members)
-    train = training_images(params, train, val)
+    size, members = model_cfg.input_size, cfg.ensemble
+    train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
-    weights = mcfg["weights"]
-    weights = weights if weights in (None, "none", "imagenet") else str(resolve_path(weights))
+    weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
     arrays, models, histories = (to_arrays(train, size), to_arrays(val, size)), [], []
-    for k in range(members):
-        seed = int(tcfg["seed"]) + k
+    for k, epochs in enumerate(cfg.member_epochs):
+        seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
-        model = build_unet(mcfg["backbone"], float(mcfg["alpha"]), weights, mcfg["decoder"], tuple(mcfg["decoder_filters"]),
-                           float(mcfg["bn_momentum"]), name=f"member{k}" if members > 1 else None)
-        history = fit(model, *arrays, {**tcfg, "seed": seed, "finetune_epochs": epochs[k]}, callbacks,
-                      first_epoch=sum(map(len, histories)))
+        model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
+                           model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None)
+        history = fit(model, *arrays, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)))
         models.append(model)
         histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)
 
 
-def summarize(history: pd.DataFrame, params: dict, train: list[Sample], val: list[Sample]) -> dict:
+def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val: list[Sample]) -> dict:
     """Val dice of the kept epochs (the mean over ensemble members), epochs, image counts and training
     throughput (time-weighted images/s). Each member keeps its best val epoch, or its last with
     `train.use_val` (whose val dice is then measured on training images)."""
-    use_val = bool(params["train"].get("use_val"))
-    best = history.groupby("member").tail(1) if use_val else history.loc[history.groupby("member")["val_dice"].idxmax()]
+    best = history.groupby("member").tail(1) if cfg.use_val else history.loc[history.groupby("member")["val_dice"].idxmax()]
     return {
-        "n_train": len(training_images(params, train, val)),
+        "n_train": len(training_images(cfg, train, val)),
         "n_val": len(val),
         "best_val_dice": float(best["val_dice"].mean()),
         "best_epoch": int(best["epoch"].iloc[-1]),
@@ -189,6 +149,24 @@ def summarize(history: pd.DataFrame, params: dict, train: list[Sample], val: lis
     }
 
 
-def encoder_weights_note(params: dict) -> str:
-    weights = params["model"]["weights"]
-    return "random init (model.weights: none)" if weights in (None, "none") else f"pretrained: {weights}"
+def encoder_weights_note(cfg: ModelConfig) -> str:
+    return f"pretrained: {cfg.weights}" if cfg.pretrained else "random init (model.weights: none)"
+
+
+def learning_curves(history: pd.DataFrame):
+    """Matplotlib figure of train and val loss and dice by epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    validated = history.dropna(subset=["val_loss"])  # train.val_every skips epochs
+    for ax, key in zip(axes, ["loss", "dice"]):
+        ax.plot(history["epoch"], history[key], label=f"train {key}")
+        ax.plot(validated["epoch"], validated[f"val_{key}"], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""Helpers the stages share: how a stage runs, and which samples belong to a split."""
+"""What the stages share: their files (as dvc.yaml names them), how a stage runs, a split's samples."""
 
 import logging
 import signal
@@ -10,6 +10,7 @@ from pipeline.formats import Sample, load_samples
 
 DATA_DIR, SPLIT = "data/extracted", "data/split.csv"
 MODEL, RUN = "models/model.keras", "models/run.json"
+SERVING_CONFIG = "eval/serving_config.json"
 
 
 def split_samples(name: str) -> list[Sample]:

@@ -3,39 +3,31 @@
 import logging
 
 from pipeline import formats, synthetic
-from pipeline.config import assert_params_unchanged, load_params, resolve_path
-from pipeline.images import Limits
+from pipeline.config import DataConfig, Limits, assert_params_unchanged, load_params, resolve_path
 from pipeline.io import write_json
 from pipeline.masks import boxes_to_mask
-from stages.common import run_stage
+from stages.common import DATA_DIR, run_stage
 
-OUT_DIR, METRICS = "data/extracted", "metrics/extract.json"
+METRICS = "metrics/extract.json"
 
 
-def read_source(cfg: dict, report: formats.Report, limits: Limits) -> list[formats.Sample]:
-    source = cfg["source"]
-    if source == "synthetic":
-        return synthetic.generate(**cfg["synthetic"])
-    if not cfg.get("path"):
-        raise ValueError(f"params.yaml data.path is required for data.source={source!r}")
-    path = resolve_path(cfg["path"])
-    if source == "images_npy":
-        return formats.read_images_npy(path, report, limits)
-    if source == "yolo":
-        return formats.read_yolo_folder(path, report, limits)
-    raise ValueError(f"params.yaml data.source: unknown {source!r}; choose synthetic, images_npy or yolo")
+def read_source(cfg: DataConfig, report: formats.Report, limits: Limits) -> list[formats.Sample]:
+    if cfg.source == "synthetic":
+        s = cfg.synthetic
+        return synthetic.generate(s.n_images, s.min_size, s.max_size, s.max_faces, s.seed)
+    reader = formats.read_images_npy if cfg.source == "images_npy" else formats.read_yolo_folder
+    return reader(resolve_path(cfg.path), report, limits)
 
 
 def main() -> None:
     params = load_params()
-    cfg = params["data"]
     report = formats.Report()
-    samples = read_source(cfg, report, Limits.from_params(params["export"]["limits"]))
+    samples = read_source(params.data, report, params.export.limits)
     assert_params_unchanged()
     masks = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
-    formats.write_dataset(samples, OUT_DIR, masks)
+    formats.write_dataset(samples, DATA_DIR, masks)
     summary = {
-        "source": cfg["source"],
+        "source": params.data.source,
         "n_images": len(samples),
         "n_faces": int(sum(len(s.boxes) for s in samples)),
         "n_negative_images": sum(len(s.boxes) == 0 for s in samples),

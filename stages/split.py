@@ -6,17 +6,15 @@ from pipeline.config import assert_params_unchanged, load_params
 from pipeline.formats import read_table
 from pipeline.io import write_csv
 from pipeline.split import split_dataset
-from stages.common import run_stage
-
-DATA_DIR, OUT = "data/extracted", "data/split.csv"
+from stages.common import DATA_DIR, SPLIT, run_stage
 
 
 def main() -> None:
-    cfg = load_params()["split"]
+    cfg = load_params().split
     images, boxes = read_table(DATA_DIR)
-    table = split_dataset(images, boxes, val=cfg["val"], test=cfg["test"], seed=cfg["seed"])
+    table = split_dataset(images, boxes, val=cfg.val, test=cfg.test, seed=cfg.seed)
     assert_params_unchanged()
-    write_csv(OUT, table)
+    write_csv(SPLIT, table)
     logging.info("split: %s", table["split"].value_counts().to_dict())
 
 

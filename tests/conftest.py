@@ -3,9 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from pipeline.images import Limits
+from pipeline.config import load_params
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -13,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WIDERFACE = SHARED / "data" / "widerface-dev"
 WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
-LIMITS = Limits.from_params(yaml.safe_load((ROOT / "params.yaml").read_text())["export"]["limits"])
+PARAMS = load_params(ROOT / "params.yaml")  # the committed defaults, for tests to vary with dataclasses.replace
+LIMITS = PARAMS.export.limits
 
 
 def png_header(width: int, height: int) -> bytes:

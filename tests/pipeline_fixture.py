@@ -15,8 +15,8 @@ from tests.conftest import ROOT
 TINY = {
     "data": {"synthetic": {"n_images": 48, "min_size": 64, "max_size": 96, "max_faces": 3, "seed": 1}},
     "model": {"input_size": 64, "decoder_filters": [16, 16, 8, 8]},
-    "train": {"epochs": 1, "finetune_epochs": 12, "finetune_lr": 0.004, "batch_size": 8, "patience": 0, "lr_schedule": "cosine"},
-    "evaluate": {"gallery_size": 2, "flip_tta": True, "tta_scales": [1.0, 1.5], "split_faces": True,  # served as evaluated
+    "train": {"warmup_epochs": 1, "finetune_epochs": 12, "finetune_lr": 0.004, "batch_size": 8, "patience": 0, "lr_schedule": "cosine"},
+    "evaluate": {"gallery_size": 2, "flip_tta": True, "tta_scales": [1.0, 1.5], "separate_faces": True,  # served as evaluated
                  "threshold_ratio": 0.5},
 }
 
@@ -37,7 +37,8 @@ def sh(cwd: Path, *cmd: str, timeout: int = 600) -> str:
 
 
 def make_clone(dest: Path, overrides: dict = TINY) -> Path:
-    """Copy the working tree's project files (no data, models, stores) and commit them."""
+    """Copy the working tree's project files (no data, models, stores), lay `overrides` over
+    conf/config.yaml, compose params.yaml from it as `dvc exp run` does, and commit."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
     for name in files:
@@ -45,16 +46,25 @@ def make_clone(dest: Path, overrides: dict = TINY) -> Path:
             continue
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    from pipeline.config import deep_merge
+    from dvc.utils.hydra import compose_and_dump
 
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, overrides), sort_keys=False))
+    conf = yaml.safe_load((dest / "conf" / "config.yaml").read_text())
+    (dest / "conf" / "config.yaml").write_text(yaml.safe_dump(deep_merge(conf, overrides), sort_keys=False))
+    compose_and_dump(dest / "params.yaml", str(dest / "conf"), None, "config", str(dest), [])
     sh(dest, "git", "init", "-q", "-b", "main")
     sh(dest, "git", "config", "user.name", "facemask test")  # DVC's experiment commits need an identity
     sh(dest, "git", "config", "user.email", "test@facemask.local")
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "tiny pipeline")
     return dest
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base` with `override` laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def client(root: Path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.masks import boxes_to_mask, image_threshold, postprocess
-from pipeline.metrics import box_iou, dice, evaluate_masks, iou, match_boxes, size_bucket
+from pipeline.metrics import box_iou, evaluate_masks, mask_dice, mask_iou, match_boxes, size_bucket
 
 
 def test_boxes_to_mask_fills_pixel_centres():
@@ -45,14 +45,14 @@ def test_split_cuts_touching_faces_at_their_peaks_and_keeps_the_mask():
     face = lambda cx: np.exp(-((xx - cx) ** 2 + (yy - 10) ** 2) / 30.0)  # noqa: E731
     prob = np.maximum(face(12), face(26)).astype(np.float32)  # two faces, one component at 0.15
     mask, merged = postprocess(prob, 0.15, min_area=4)
-    split_mask, split = postprocess(prob, 0.15, min_area=4, split=True)
+    split_mask, split = postprocess(prob, 0.15, min_area=4, separate=True)
     np.testing.assert_array_equal(split_mask, mask)
     assert len(merged) == 1 and len(split) == 2
     left, right = sorted(split.tolist())
     assert left[0] == merged[0][0] and right[2] == merged[0][2]  # the outer edges stay
     assert left[2] <= 20 and right[0] >= 18  # the cut is between the peaks at x = 12 and 26
-    assert len(postprocess(face(12).astype(np.float32), 0.3, 4, split=True)[1]) == 1  # one face stays one
-    assert len(postprocess(np.zeros((5, 5), np.float32), 0.3, 4, split=True)[1]) == 0
+    assert len(postprocess(face(12).astype(np.float32), 0.3, 4, separate=True)[1]) == 1  # one face stays one
+    assert len(postprocess(np.zeros((5, 5), np.float32), 0.3, 4, separate=True)[1]) == 0
 
 
 def test_dice_iou_by_hand():
@@ -60,8 +60,8 @@ def test_dice_iou_by_hand():
     b = np.zeros((4, 4), bool)
     a[:2, :2] = True      # 4 px
     b[:2, :3] = True      # 6 px, overlap 4
-    assert dice(a, b) == pytest.approx(0.8) and iou(a, b) == pytest.approx(4 / 6)
-    assert dice(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0 and dice(a, np.zeros((4, 4))) == 0.0
+    assert mask_dice(a, b) == pytest.approx(0.8) and mask_iou(a, b) == pytest.approx(4 / 6)
+    assert mask_dice(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0 and mask_dice(a, np.zeros((4, 4))) == 0.0
 
 
 def test_box_iou_and_matching():
@@ -86,15 +86,3 @@ def test_evaluate_masks_pooled_and_face_level():
     assert m["face_recall"] == 1.0 and m["face_precision"] == 0.5 and m["n_faces"] == 1
     assert m["face_recall_medium"] == 1.0 and m["n_faces_small"] == 0
 
-
-def test_presets_overlay_only_what_they_list():
-    from pipeline.config import effective_params
-
-    raw = {"preset": "p", "model": {"a": 1, "b": 2}, "train": {"c": 3},
-           "presets": {"p": {"model": {"b": 5}}, "bad": {"data": {"path": "x"}}}}
-    assert effective_params(raw) == {"model": {"a": 1, "b": 5}, "train": {"c": 3}}
-    assert effective_params({**raw, "preset": None})["model"] == {"a": 1, "b": 2}
-    with pytest.raises(ValueError, match="preset 'nope' is not defined"):
-        effective_params({**raw, "preset": "nope"})
-    with pytest.raises(ValueError, match=r"presets may only set"):
-        effective_params({**raw, "preset": "bad"})

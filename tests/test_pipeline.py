@@ -1,12 +1,15 @@
 """The real pipeline: `dvc repro` and queued `dvc exp run` in a temporary clone, checked in MLflow."""
 
 import json
+import subprocess
 import time
 
 import pandas as pd
 import pytest
 
-from tests.pipeline_fixture import client, sh
+from tests.pipeline_fixture import client, env, sh
+
+pytestmark = pytest.mark.slow  # trains a model or starts a server
 
 
 def test_repro_tracks_one_run_and_registers_the_champion(project):
@@ -24,7 +27,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["dice"])
     assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 7 and 0.1 <= evaluation["threshold"] <= 0.9
     serving = json.loads((project / "eval/serving_config.json").read_text())
-    assert serving["tta_sizes"] == [64, 96] and serving["flip_tta"] is True and serving["split_faces"] is True
+    assert serving["tta_sizes"] == [64, 96] and serving["flip_tta"] is True and serving["separate_faces"] is True
     assert json.loads((project / "metrics/train.json").read_text())["epochs_run"] == 13  # patience 0: no early stop
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "gallery")}
     assert len(artifacts) == 2
@@ -51,14 +54,14 @@ def test_noop_repro_and_rerun_export_adds_no_version(project):
 
 
 def test_queued_experiments_land_in_the_same_store(project):
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=0.003", "-S", "train.finetune_lr=0.003")
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.lr=0.001", "-S", "train.finetune_lr=0.001")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.warmup_lr=0.003", "-S", "train.finetune_lr=0.003")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.warmup_lr=0.001", "-S", "train.finetune_lr=0.001")
     sh(project, "dvc", "exp", "run", "--run-all", timeout=900)
     c = client(project)
     runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
     assert len(runs) == 3
     queued = [r for r in runs if "dvc.exp_name" in r.data.tags]
-    assert sorted(r.data.params["train.lr"] for r in queued) == ["0.001", "0.003"]
+    assert sorted(r.data.params["train.warmup_lr"] for r in queued) == ["0.001", "0.003"]
     assert all("test_dice" in r.data.metrics for r in queued)
     versions = c.search_model_versions("name = 'face-segmenter'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
@@ -69,3 +72,32 @@ def test_queued_experiments_land_in_the_same_store(project):
     shown = sh(project, "dvc", "exp", "show", "--csv")
     assert all(r.data.tags["dvc.exp_name"] in shown for r in queued)
     assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
+
+
+def _find(tree, key: str):
+    """Every value stored under `key` anywhere in a JSON tree (dvc exp show --json nests deeply)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from ([v] if k == key else []) + list(_find(v, key))
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _find(v, key)
+
+
+def test_a_preset_with_an_override_records_and_trains_the_override(project):
+    """The preset sets finetune_epochs 4; -S sets 2: DVC, MLflow and the training all say 2."""
+    (project / "conf/preset/quick.yaml").write_text("# @package _global_\npreset: quick\ntrain:\n  warmup_epochs: 1\n"
+                                                     "  finetune_epochs: 4\n")
+    sh(project, "git", "add", "conf/preset/quick.yaml")
+    sh(project, "git", "commit", "-qm", "a quick preset")
+    sh(project, "dvc", "exp", "run", "--temp", "-S", "preset=quick", "-S", "train.finetune_epochs=2")
+    c = client(project)
+    (run,) = [r for r in c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
+              if r.data.params.get("preset") == "quick"]
+    assert run.data.params["train.finetune_epochs"] == "2" and run.data.params["train.warmup_epochs"] == "1"
+    assert len(c.get_metric_history(run.info.run_id, "loss")) == 1 + 2  # what trained
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env(), capture_output=True,
+                                      text=True, check=True).stdout)
+    recorded = [p for p in _find(shown, "data") if isinstance(p, dict) and p.get("preset") == "quick"]
+    assert recorded and all(p["train"]["finetune_epochs"] == 2 and p["train"]["warmup_epochs"] == 1 for p in recorded)
+    assert 3 in [m.get("epochs_run") for m in _find(shown, "data") if isinstance(m, dict) and "epochs_run" in m]

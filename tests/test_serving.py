@@ -15,10 +15,12 @@ import requests
 
 from pipeline.client import decode_mask, request_body
 from pipeline.serving import encode_image
-from pipeline.server import scoring_server
+from bench.server import scoring_server
 from pipeline.synthetic import generate
 from tests.conftest import WIDERFACE
 from tests.pipeline_fixture import env
+
+pytestmark = pytest.mark.slow  # trains a model or starts a server
 
 MODEL = "models:/face-segmenter@champion"
 

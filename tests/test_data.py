@@ -1,0 +1,70 @@
+"""Model inputs and the training dataset: augmentation, crops, targets; the data split."""
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import AugmentConfig
+from pipeline.data import make_dataset, to_arrays
+from pipeline.formats import Sample
+from pipeline.split import split_dataset
+
+
+def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    y = np.zeros((4, 32, 32, 1), np.float32)
+    x[:, 4:12, 2:10] = 255  # the "face" is the bright patch
+    y[:, 4:12, 2:10] = 1
+    cfg = AugmentConfig(flip=True, zoom=(0.8, 1.6), brightness=0.0, contrast=0.0)
+    a = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3, crop_size=24)[0], range(4))]
+    b = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3, crop_size=24)[0], range(4))]
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.shape == (2, 24, 24, 3) and ya.shape == (2, 24, 24, 1)
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        bright = xa.numpy()[..., 0] > 127
+        face = ya.numpy()[..., 0] > 0.5
+        assert (bright == face).mean() > 0.97  # image and mask moved together
+    assert len({float(batch[1].numpy().sum()) for batch in a}) > 1  # crops differ
+
+
+def test_crops_are_the_draws_of_tensorflows_own_flip_and_crop():
+    """The window is cut before the float copy and the flip (half the input pipeline's cost), yet each
+    crop is exactly what stateless_random_flip_left_right + stateless_random_crop of the image give."""
+    import tensorflow as tf
+
+    from pipeline.data import _augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    mask = rng.random((40, 48, 1)).astype(np.float32)
+    flips = 0
+    for k in range(12):
+        seed = tf.constant([k, 7], tf.int64)
+        x, y = _augment(tf.constant(image), tf.constant(mask), seed, AugmentConfig(True, (0.7, 2.5), 0.0, 0.0), 24)
+        seeds = tf.random.experimental.stateless_split(seed, 6)
+        both = tf.image.stateless_random_flip_left_right(tf.concat([image.astype(np.float32), mask], -1), seeds[0])
+        crop = tf.cast(tf.clip_by_value(tf.round(24 / tf.random.stateless_uniform([], seeds[1], 0.7, 2.5 + 1e-6)), 8.0, 40.0), tf.int32)
+        reference = tf.image.resize(tf.image.stateless_random_crop(both, tf.stack([crop, crop, 4]), seeds[2]), [24, 24])
+        np.testing.assert_array_equal(np.concatenate([x.numpy(), y.numpy()], -1), reference.numpy())
+        flips += bool(tf.random.stateless_uniform([], seeds[0], 0, 1.0) < 0.5)
+    assert 0 < flips < 12  # both branches were compared
+
+
+def test_to_arrays_keeps_tiny_faces_as_fractional_targets():
+    s = Sample("a", np.zeros((400, 400, 3), np.uint8), np.array([[10, 10, 12, 12]], np.float32))
+    _, y = to_arrays([s], 32)
+    assert y.shape == (1, 32, 32, 1) and 0 < y.sum() < 1
+
+
+def test_split_is_seeded_stratified_and_disjoint(rng):
+    n = 120
+    images = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "width": 100, "height": 100,
+                           "n_faces": rng.integers(0, 9, n)})
+    boxes = pd.DataFrame([{"image_id": r.image_id, "x1": 0, "y1": 0, "x2": s, "y2": s}
+                          for r in images.itertuples() for s in rng.integers(3, 40, r.n_faces)])
+    a = split_dataset(images, boxes, 0.15, 0.15, seed=1)
+    assert a.equals(split_dataset(images, boxes, 0.15, 0.15, seed=1))
+    assert not a.equals(split_dataset(images, boxes, 0.15, 0.15, seed=2))
+    assert a["split"].value_counts().to_dict() == {"train": 84, "val": 18, "test": 18}
+    faces = images.set_index("image_id").n_faces
+    by_split = a.assign(f=a.image_id.map(faces)).groupby("split").f.mean()
+    assert by_split.max() - by_split.min() < 1.5  # face counts balanced across splits

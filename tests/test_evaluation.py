@@ -1,0 +1,47 @@
+"""Probability maps with test-time augmentation, and the evaluation's threshold choice."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import PARAMS
+
+
+class _SizeProbe:
+    """A stand-in model whose 'probability' is the input side / 1000: which sizes were asked."""
+
+    def predict_on_batch(self, x):
+        return np.full((*x.shape[:3], 1), x.shape[1] / 1000, np.float32) + x[..., :1] / 1e6
+
+
+def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
+    from pipeline.inference import predict_probs, tta_sizes
+
+    assert tta_sizes(416, [1.0, 1.5]) == [416, 640] and tta_sizes(64, [0.1]) == [32]
+    with pytest.raises(ValueError, match="tta_scales"):
+        tta_sizes(416, [])
+    image = np.zeros((30, 50, 3), np.uint8)
+    image[:, :10] = 255  # left edge bright: the mirrored prediction must be flipped back
+    (plain,) = predict_probs(_SizeProbe(), [image], [64])
+    (multi,) = predict_probs(_SizeProbe(), [image], [64, 128])
+    (mirrored,) = predict_probs(_SizeProbe(), [image], [64], flip=True)
+    assert plain.shape == multi.shape == mirrored.shape == (30, 50)
+    assert np.allclose(multi[15, 25], (0.064 + 0.128) / 2, atol=1e-6)
+    assert np.allclose(mirrored, plain, atol=1e-6)  # flip-back restores the bright left edge
+    assert plain[15, 2] > plain[15, 40]
+
+
+def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
+    from pipeline.evaluation import evaluate_model
+    from pipeline.synthetic import generate
+
+    val, test = generate(6, 64, 64, 2, seed=1)[:3], generate(6, 64, 64, 2, seed=2)[3:]
+    cfg = replace(PARAMS.evaluate, flip_tta=False, tta_scales=(1.0,), min_area=0, threshold_grid=(0.05, 0.1, 0.01),
+                  separate_faces=False, threshold_ratio=0.0)
+    chosen, table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=None), 64)
+    assert chosen["threshold"] == table.loc[table["dice"].idxmax(), "threshold"] and chosen["threshold"] < 0.064
+    fixed, same_table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=0.5), 64)
+    assert fixed["threshold"] == 0.5 and same_table.equals(table)
+    # Probabilities are ~0.064: nothing passes 0.5, which scores 1 only on the images without faces.
+    assert fixed["dice"] == pytest.approx(np.mean([len(s.boxes) == 0 for s in test])) != chosen["dice"]

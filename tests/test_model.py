@@ -1,0 +1,103 @@
+"""The U-Net: shapes, trainable layers, weights loading, the losses."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from pipeline.losses import bce_dice_loss, dice, dice_loss
+from pipeline.model import WeightsError, build_unet, set_trainable
+from tests.conftest import WEIGHTS
+
+
+def test_unet_shapes_and_trainable_layers():
+    model = build_unet("mobilenet", 0.25, None, "conv", (16, 16, 8, 8), bn_momentum=0.9)
+    out = model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
+    assert out.shape == (2, 64, 64, 1) and 0 <= out.min() and out.max() <= 1
+    assert model.predict(np.zeros((1, 96, 160, 3), np.float32), verbose=0).shape == (1, 96, 160, 1)
+    encoder = model.get_layer("encoder")
+    set_trainable(model, 6)
+    trainable = [layer.name for layer in encoder.layers if layer.trainable]
+    assert trainable == ["conv_dw_13", "conv_dw_13_bn", "conv_dw_13_relu", "conv_pw_13", "conv_pw_13_bn", "conv_pw_13_relu"]
+    frozen_bn = encoder.get_layer("conv_pw_12_bn")
+    assert not frozen_bn.trainable and frozen_bn.momentum == 0.9
+    n_partial = len(model.trainable_weights)
+    assert set_trainable(model, "all") > n_partial == set_trainable(model, 6)
+    assert model.get_layer("dec0_sepconv1").trainable
+
+
+def test_v2_and_bare_decoder():
+    model = build_unet("mobilenet_v2", 0.35, None, "bare", (1, 1, 1, 1))
+    assert model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0).shape == (1, 64, 64, 1)
+    assert not any(isinstance(layer, keras.layers.SeparableConv2D) for layer in model.layers)
+
+
+def test_missing_weights_file_is_an_error_not_random_init(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_unet(weights=str(tmp_path / "nope.h5"))
+
+
+# Keras reads $KERAS_HOME once, at import: the 'imagenet' cache path is exercised in a subprocess.
+IMAGENET_CONV1 = """
+import sys, numpy as np
+from pipeline.model import WeightsError, build_unet
+try:
+    w = build_unet(weights="imagenet").get_layer("encoder").get_layer("conv1").get_weights()[0]
+except WeightsError as err:
+    sys.exit(f"WeightsError: {err}")
+np.save(sys.argv[1], w)
+"""
+
+
+def imagenet_in_subprocess(keras_home, out):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-c", IMAGENET_CONV1, str(out)], env=env, capture_output=True, text=True)
+
+
+def test_unloadable_imagenet_weights_say_how_to_provide_them(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"corrupt")
+    result = imagenet_in_subprocess(tmp_path, tmp_path / "w.npy")
+    assert result.returncode != 0 and not (tmp_path / "w.npy").exists()
+    assert "WeightsError" in result.stderr and "setting model.weights to the path" in result.stderr
+    assert str(tmp_path / "models") in result.stderr
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="../shared/weights not present (it is in CI)")
+def test_real_imagenet_weights_load_by_path_and_from_the_keras_cache(tmp_path):
+    with h5py.File(WEIGHTS) as f:
+        group = f["conv1"]["conv1"]
+        expected = np.asarray(group["kernel:0"] if "kernel:0" in group else group["kernel"])
+    by_path = build_unet(weights=str(WEIGHTS)).get_layer("encoder").get_layer("conv1").get_weights()[0]
+    np.testing.assert_allclose(by_path, expected)
+    (tmp_path / "models").mkdir()
+    shutil.copy(WEIGHTS, tmp_path / "models" / WEIGHTS.name)
+    result = imagenet_in_subprocess(tmp_path, tmp_path / "w.npy")
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "w.npy"), expected)
+
+
+def test_losses_per_image():
+    y = np.zeros((2, 4, 4, 1), np.float32)
+    y[0, :2, :2] = 1
+    p = y.copy()
+    assert np.allclose(dice_loss(y, p), [0, 0], atol=1e-6)
+    assert float(np.mean(dice(y, p))) == pytest.approx(1.0)
+    assert np.all(np.asarray(bce_dice_loss(y, 1 - p)) > 1)
+
+
+def test_bilinear_upsample_matches_tensorflow_resize_on_any_size():
+    import tensorflow as tf
+
+    from pipeline.model import BilinearUpsample2x
+
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, BilinearUpsample2x()(inputs))
+    for h, w in ((7, 9), (4, 12)):
+        x = np.random.default_rng(h).random((2, h, w, 1)).astype(np.float32)
+        np.testing.assert_allclose(model.predict(x, verbose=0), tf.image.resize(x, (2 * h, 2 * w), "bilinear").numpy(), atol=1e-6)

@@ -1,0 +1,108 @@
+"""Training: the kept weights, validation frequency, ensembles of members."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.data import to_arrays
+from pipeline.losses import dice
+from pipeline.model import build_unet
+from tests.conftest import PARAMS
+
+pytestmark = pytest.mark.slow  # trains a model or starts a server
+
+TRAIN = replace(PARAMS.train, batch_size=4, seed=0, loss="bce_dice", crop_size=None, patience=0, val_every=1, ema_momentum=0.0,
+                ensemble=1, warmup_epochs=0, warmup_trainable_layers=0, finetune_trainable_layers="all", finetune_lr=0.01,
+                lr_schedule="constant")
+
+
+@pytest.mark.parametrize("ema, use_val", [(0.0, False), (0.8, False), (0.0, True)])
+def test_fit_keeps_the_weights_it_validated_best(ema, use_val):
+    """With weight averaging too, the returned model is the one that scored the best val dice;
+    with train.use_val (val images are training images) it is the last epoch's."""
+    from pipeline.synthetic import generate
+    from pipeline.training import fit, summarize
+
+    samples = generate(40, 64, 64, 2, seed=3)
+    train, val = to_arrays(samples[:32], 64), to_arrays(samples[32:], 64)
+    cfg = replace(TRAIN, use_val=use_val, finetune_epochs=6, ema_momentum=ema)
+    keras.utils.set_random_seed(0)
+    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+    history = fit(model, train, val, cfg, seed=0, finetune_epochs=6).assign(member=0)
+    assert len(history) == 6 and history["val_dice"].nunique() > 1
+    model.compile(loss="binary_crossentropy", metrics=[dice])
+    score = model.evaluate(val[0].astype(np.float32), val[1], batch_size=4, verbose=0, return_dict=True)["dice"]
+    kept = history.iloc[-1] if use_val else history.loc[history["val_dice"].idxmax()]
+    assert score == pytest.approx(kept["val_dice"], abs=1e-5)
+    assert summarize(history, cfg, samples[:32], samples[32:])["best_epoch"] == kept["epoch"]
+    if use_val:
+        assert history["val_dice"].iloc[-1] < history["val_dice"].max()  # else the case would not tell them apart
+
+
+def test_val_every_skips_validations_without_changing_the_training():
+    """train.val_every only saves the time of predicting val: the same seed trains the same weights,
+    and the phase's last epoch is always validated."""
+    import tensorflow as tf
+
+    from pipeline.synthetic import generate
+    from pipeline.training import fit
+
+    tf.config.experimental.enable_op_determinism()  # as train_model does
+    samples = generate(24, 64, 64, 2, seed=3)
+    train, val = to_arrays(samples[:20], 64), to_arrays(samples[20:], 64)
+    cfg = replace(TRAIN, warmup_epochs=2, warmup_lr=0.01, warmup_trainable_layers="all", use_val=True, finetune_epochs=5)
+    runs = {}
+    for every in (1, 2):
+        keras.utils.set_random_seed(0)
+        model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+        runs[every] = fit(model, train, val, replace(cfg, val_every=every), seed=0, finetune_epochs=5), model.get_weights()
+    (full, w1), (sparse, w2) = runs[1], runs[2]
+    # Phase 1 (epochs 0-1) validates its 2nd and last; phase 2 (epochs 2-6) its 2nd, 4th and last.
+    assert sparse["val_dice"].notna().tolist() == [False, True, False, True, False, True, True]
+    assert full["val_dice"].notna().all() and np.allclose(sparse["loss"], full["loss"])
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2))
+
+
+def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
+    """train.ensemble: 2 gives one saveable model whose output is the mean of two distinct members,
+    the first of which is exactly the single model the same seed trains, whatever the second's length."""
+    from pipeline.model import load_model
+    from pipeline.synthetic import generate
+    from pipeline.training import summarize, train_model
+
+    samples = generate(24, 64, 64, 2, seed=5)
+    model_cfg = replace(PARAMS.model, backbone="mobilenet", alpha=0.25, input_size=64, weights="none", decoder="conv",
+                        decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+    cfg = replace(TRAIN, seed=3, finetune_epochs=3, ensemble=2)
+    ensemble, history = train_model(model_cfg, cfg, samples[:20], samples[20:])
+    assert history["member"].tolist() == [0, 0, 0, 1, 1, 1] and history["epoch"].tolist() == list(range(6))
+    assert summarize(history, cfg, samples[:20], samples[20:])["best_val_dice"] == pytest.approx(
+        history.groupby("member")["val_dice"].max().mean())
+
+    x = to_arrays(samples[20:], 64)[0].astype(np.float32)
+    a, b = (ensemble.get_layer(f"member{k}").predict(x, verbose=0) for k in (0, 1))
+    assert np.abs(a - b).mean() > 1e-3  # other seed, other model
+    out = ensemble.predict(x, verbose=0)
+    assert out.shape == x.shape[:3] + (1,) and np.allclose(out, (a + b) / 2, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    assert np.allclose(load_model(tmp_path / "ensemble.keras").predict(x, verbose=0), out, atol=1e-6)
+    # A serving process imports pipeline.model, not the training losses: it must load there too.
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np; from pipeline.model import load_model; "
+            "np.save(sys.argv[2], load_model(sys.argv[1]).predict(np.load(sys.argv[3]), verbose=0))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "ensemble.keras"), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+                   check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert np.allclose(np.load(tmp_path / "y.npy"), out, atol=1e-6)
+
+    single, _ = train_model(model_cfg, replace(cfg, ensemble=1), samples[:20], samples[20:])
+    assert np.allclose(single.predict(x, verbose=0), a, atol=1e-5)
+
+    # Each member may have its own length; the first is still the same model.
+    mixed, history = train_model(model_cfg, replace(cfg, finetune_epochs=(3, 1)), samples[:20], samples[20:])
+    assert history["member"].tolist() == [0, 0, 0, 1] and history["epoch"].tolist() == list(range(4))
+    assert np.allclose(mixed.get_layer("member0").predict(x, verbose=0), a, atol=1e-5)
