@@ -53,27 +53,6 @@ def test_noop_repro_and_rerun_export_adds_no_version(project):
     assert "dice" in sh(project, "dvc", "metrics", "show")
 
 
-def test_queued_experiments_land_in_the_same_store(project):
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.warmup_lr=0.003", "-S", "train.finetune_lr=0.003")
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.warmup_lr=0.001", "-S", "train.finetune_lr=0.001")
-    sh(project, "dvc", "exp", "run", "--run-all", timeout=900)
-    c = client(project)
-    runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
-    assert len(runs) == 3
-    queued = [r for r in runs if "dvc.exp_name" in r.data.tags]
-    assert sorted(r.data.params["train.warmup_lr"] for r in queued) == ["0.001", "0.003"]
-    assert all("test_dice" in r.data.metrics for r in queued)
-    versions = c.search_model_versions("name = 'face-segmenter'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
-    champion = c.get_model_version_by_alias("face-segmenter", "champion")
-    best = max(float(v.tags["test_dice"]) for v in versions)  # same test set: promotion keeps the best
-    assert float(champion.tags["test_dice"]) == best
-    assert len({v.tags["test_fingerprint"] for v in versions}) == 1
-    shown = sh(project, "dvc", "exp", "show", "--csv")
-    assert all(r.data.tags["dvc.exp_name"] in shown for r in queued)
-    assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
-
-
 def _find(tree, key: str):
     """Every value stored under `key` anywhere in a JSON tree (dvc exp show --json nests deeply)."""
     if isinstance(tree, dict):
@@ -84,20 +63,37 @@ def _find(tree, key: str):
             yield from _find(v, key)
 
 
-def test_a_preset_with_an_override_records_and_trains_the_override(project):
-    """The preset sets finetune_epochs 4; -S sets 2: DVC, MLflow and the training all say 2."""
+def test_queued_experiments_land_in_the_same_store_and_record_what_ran(project):
+    """Two queued experiments; the second picks a preset that sets finetune_epochs 4 and overrides it
+    with 2: DVC, MLflow and the training itself all say 2."""
     (project / "conf/preset/quick.yaml").write_text("# @package _global_\npreset: quick\ntrain:\n  warmup_epochs: 1\n"
                                                      "  finetune_epochs: 4\n")
     sh(project, "git", "add", "conf/preset/quick.yaml")
     sh(project, "git", "commit", "-qm", "a quick preset")
-    sh(project, "dvc", "exp", "run", "--temp", "-S", "preset=quick", "-S", "train.finetune_epochs=2")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "train.warmup_lr=0.003", "-S", "train.finetune_lr=0.003")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "preset=quick", "-S", "train.finetune_epochs=2")
+    sh(project, "dvc", "exp", "run", "--run-all", timeout=900)
     c = client(project)
-    (run,) = [r for r in c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
-              if r.data.params.get("preset") == "quick"]
-    assert run.data.params["train.finetune_epochs"] == "2" and run.data.params["train.warmup_epochs"] == "1"
-    assert len(c.get_metric_history(run.info.run_id, "loss")) == 1 + 2  # what trained
+    runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
+    assert len(runs) == 3
+    queued = [r for r in runs if "dvc.exp_name" in r.data.tags]
+    assert sorted(r.data.params["preset"] for r in queued) == ["none", "quick"]
+    (lr, quick) = sorted(queued, key=lambda r: r.data.params["preset"])
+    assert lr.data.params["train.warmup_lr"] == "0.003" and lr.data.params["train.finetune_epochs"] == "12"
+    assert quick.data.params["train.finetune_epochs"] == "2" and quick.data.params["train.warmup_epochs"] == "1"
+    assert len(c.get_metric_history(quick.info.run_id, "loss")) == 1 + 2  # what trained
+    assert all("test_dice" in r.data.metrics for r in queued)
+    versions = c.search_model_versions("name = 'face-segmenter'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    champion = c.get_model_version_by_alias("face-segmenter", "champion")
+    best = max(float(v.tags["test_dice"]) for v in versions)  # same test set: promotion keeps the best
+    assert float(champion.tags["test_dice"]) == best
+    assert len({v.tags["test_fingerprint"] for v in versions}) == 1
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env(), capture_output=True,
                                       text=True, check=True).stdout)
+    names = [n for n in _find(shown, "name") if isinstance(n, str)]
+    assert all(r.data.tags["dvc.exp_name"] in names for r in queued)
     recorded = [p for p in _find(shown, "data") if isinstance(p, dict) and p.get("preset") == "quick"]
     assert recorded and all(p["train"]["finetune_epochs"] == 2 and p["train"]["warmup_epochs"] == 1 for p in recorded)
     assert 3 in [m.get("epochs_run") for m in _find(shown, "data") if isinstance(m, dict) and "epochs_run" in m]
+    assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.registry import register_once
-from tests.pipeline_fixture import client, env, make_clone, sh
+from tests.pipeline_fixture import TINY, client, deep_merge, env, make_clone, sh
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server
 
@@ -94,7 +94,8 @@ def test_two_exports_at_once_register_one_version(tmp_path):
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
-    return make_clone(tmp_path_factory.mktemp("interrupted"))
+    smaller = deep_merge(TINY, {"data": {"synthetic": {"n_images": 32}}, "train": {"finetune_epochs": 4}})
+    return make_clone(tmp_path_factory.mktemp("interrupted"), smaller)
 
 
 def start(root, *cmd) -> subprocess.Popen:
@@ -147,7 +148,7 @@ def test_a_second_exp_run_in_the_same_workspace_cannot_change_what_the_first_rec
     lock_before = (clone / "dvc.lock").read_text()
     known = {r.info.run_id for r in all_runs(clone)}
     n_versions = len(client(clone).search_model_versions(f"name = '{NAME}'"))
-    first = start(clone, "dvc", "exp", "run", "-S", "train.finetune_epochs=40")
+    first = start(clone, "dvc", "exp", "run", "-S", "train.finetune_epochs=400")  # stopped long before its end
     run = wait_for_running_run(clone, first, known)
     second = subprocess.run(["dvc", "exp", "run", "-S", "train.seed=7"], cwd=clone, env=env(), capture_output=True,
                             text=True, timeout=300)
@@ -161,5 +162,5 @@ def test_a_second_exp_run_in_the_same_workspace_cannot_change_what_the_first_rec
     else:  # a DVC that leaves params.yaml alone: then the first run must record exactly what it ran
         assert first.returncode == 0, output[-3000:]
         logged = client(clone).get_run(run.info.run_id).data.params
-        assert logged["train.finetune_epochs"] == "40" and logged["train.seed"] == "42"
+        assert logged["train.finetune_epochs"] == "400" and logged["train.seed"] == "42"
     sh(clone, "git", "checkout", "params.yaml")
