@@ -205,6 +205,14 @@ class Params:
         """Plain values, lists for tuples: what params.yaml holds (for logging)."""
         return _plain(dataclasses.asdict(self))
 
+    @property
+    def caveat(self) -> str:
+        """What a user of a model trained with these params must know, or "" (a real model)."""
+        if self.data.source != "synthetic":
+            return ""
+        weights = "ImageNet weights" if self.model.pretrained else "random weights"
+        return f"synthetic demo: trained on generated scenes from {weights}, not a face model"
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -220,6 +228,7 @@ class ServingConfig:
     test_fingerprint: str  # the evaluation these settings were measured with
     test_dice: float
     limits: Limits
+    caveat: str  # returned with every prediction when not "" (the synthetic demo says so)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
 from pipeline.config import EvaluateConfig
-from pipeline.formats import Sample
+from pipeline.formats import Sample, fingerprint
 from pipeline.inference import predict_probs, tta_sizes
 from pipeline.masks import boxes_to_mask, postprocess
 from pipeline.metrics import evaluate_masks, mask_dice, pixel_counts
@@ -43,16 +41,6 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, m
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
     return metrics, preds
-
-
-def fingerprint(samples: list[Sample]) -> str:
-    """Hash of the evaluation images and boxes: versions are compared only on identical data."""
-    h = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: s.image_id):
-        h.update(s.image_id.encode())
-        h.update(np.ascontiguousarray(s.image).tobytes())
-        h.update(np.round(s.boxes, 2).astype(np.float32).tobytes())
-    return h.hexdigest()[:16]
 
 
 def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int):

@@ -7,6 +7,7 @@ raises `FormatError` naming the file, row and field.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -258,3 +259,13 @@ def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None
 def _write_png(path: Path, array: np.ndarray) -> None:
     if not cv2.imwrite(str(path), array):
         raise OSError(f"could not write {path}")
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Hash of the images and boxes of a split: versions are compared only on identical test data."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.image_id):
+        h.update(s.image_id.encode())
+        h.update(np.ascontiguousarray(s.image).tobytes())
+        h.update(np.round(s.boxes, 2).astype(np.float32).tobytes())
+    return h.hexdigest()[:16]

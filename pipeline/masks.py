@@ -90,22 +90,3 @@ def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.
         if sl is not None and areas[k] >= min_area
     ]
     return np.array(rows, np.float32).reshape(-1, 5)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray, true_boxes: np.ndarray | None = None) -> np.ndarray:
-    """RGB picture of a prediction: mask tinted red, predicted boxes yellow, true boxes green."""
-    out = image.astype(np.float32)
-    red = np.array([255, 0, 0], np.float32)
-    m = mask.astype(bool)
-    out[m] = 0.55 * out[m] + 0.45 * red
-    out = out.astype(np.uint8)
-    thick = max(1, round(max(image.shape[:2]) / 400))
-    for x1, y1, x2, y2 in (true_boxes if true_boxes is not None else np.zeros((0, 4)))[:, :4]:
-        cv2.rectangle(out, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), (0, 255, 0), thick)
-    for x1, y1, x2, y2 in np.asarray(boxes)[:, :4]:
-        cv2.rectangle(out, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), (255, 255, 0), thick)
-    label = f"faces: {len(boxes)}" + (f" / true {len(true_boxes)}" if true_boxes is not None else "")
-    scale = max(0.4, max(image.shape[:2]) / 800)
-    cv2.putText(out, label, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2)
-    cv2.putText(out, label, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick)
-    return out

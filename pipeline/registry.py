@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -26,24 +27,32 @@ CODE_DIR = Path(__file__).parent  # the `pipeline` package, shipped with the mod
 REQUIREMENTS = ["tensorflow", "keras", "mlflow", "opencv-python-headless", "pandas", "numpy", "pillow", "scipy", "pyyaml"]
 
 
-def log_model(keras_path: Path, config: ServingConfig, example_image: np.ndarray):
+def log_model(name: str, step: int, keras_path: Path, config: ServingConfig, example_image: np.ndarray):
     """Log FaceSegmenter into the active run: the Keras model, its serving config, a signature with
-    the request params, an input example with its prediction, and the pinned requirements."""
+    the request params, an input example with its prediction, and the pinned requirements.
+
+    `step` is the kept weights' epoch: MLflow links the run's metrics at that step (val, train
+    and the test metrics evaluate logs there) to the logged model.
+    """
     from pipeline.model import load_model
     from pipeline.serving import FaceSegmenter, encode_image, predict_images
 
     example = pd.DataFrame({"image": [encode_image(example_image, ".jpg")]})
     output = predict_images(load_model(keras_path), [example_image], config)
     params = {"threshold": config.threshold, "threshold_ratio": config.threshold_ratio, "min_area": config.min_area}
+    with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values: n_faces never is
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, output, params=params)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "serving_config.json"
         config_path.write_text(json.dumps(config.to_dict(), indent=2))
         return mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
+            step=step,
             python_model=FaceSegmenter(),
             artifacts={"keras_model": str(keras_path), "config": str(config_path)},
             code_paths=[str(CODE_DIR)],
-            signature=infer_signature(example, output, params=params),
+            signature=signature,
             input_example=(example, {"threshold": config.threshold}),
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
         )
@@ -89,7 +98,7 @@ def register_once(client: MlflowClient, name: str, run_id: str, digest: str, log
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
-    mine = client.create_model_version(name, info.model_uri, run_id=run_id,
+    mine = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
                                        tags={"source_run_id": run_id, "serving_digest": digest, **tags})
     first = find_version(client, name, run_id, digest)
     if first.version == mine.version:
@@ -119,3 +128,23 @@ def promote(client: MlflowClient, name: str, version, metric: str) -> dict:
     client.set_registered_model_alias(name, alias, version.version)
     log.info("model %s v%s -> %s: %s", name, version.version, alias, reason)
     return {"alias": alias, "reason": reason}
+
+
+def describe_version(metrics: dict, config: ServingConfig, decision: dict) -> str:
+    """The version's description: what it scored, on which test set, why it has its alias."""
+    caveat = f"Caveat: {config.caveat}.\n" if config.caveat else ""
+    return (f"{caveat}Test dice {metrics['dice']:.4f} (IoU {metrics['iou']:.4f}, pooled {metrics['pooled_dice']:.4f}, "
+            f"face recall {metrics['face_recall']:.3f}, precision {metrics['face_precision']:.3f}) on "
+            f"{metrics['n_images']} test images, fingerprint {config.test_fingerprint}.\n"
+            f"Served: input {list(config.tta_sizes)} px, flip {config.flip_tta}, threshold {config.threshold}, "
+            f"ratio {config.threshold_ratio}, min_area {config.min_area}.\n"
+            f"Alias {decision['alias']}: {decision['reason']}.")
+
+
+def sync_alias_tags(client: MlflowClient, name: str) -> None:
+    """Set each run's `alias` tag to the aliases its versions hold now, so no run keeps a stale one."""
+    by_run: dict[str, list[str]] = {}
+    for v in client.search_model_versions(f"name = '{name}'"):
+        by_run.setdefault(v.run_id, []).extend(v.aliases)
+    for run_id, aliases in by_run.items():
+        client.set_tag(run_id, "alias", ", ".join(sorted(aliases)) or "none")

@@ -2,7 +2,8 @@
 
 Contract — input: DataFrame with column `image` (base64 JPEG or PNG). Output: one row per image
 with `mask` (base64 single-channel PNG, 0/255, the image's own size), `boxes` (JSON list of
-`[x1, y1, x2, y2, score]` in pixels) and `n_faces`. Params: `threshold`, `threshold_ratio`, `min_area`.
+`[x1, y1, x2, y2, score]` in pixels), `n_faces` and `caveat` ("" for a real model; the synthetic
+demo says what it is). Params: `threshold`, `threshold_ratio`, `min_area`.
 
 Bad input rejects the whole request (HTTP 400 from `mlflow models serve`) with one message
 listing every bad image by index, so a client fixes them all in one go; no partial results.
@@ -21,7 +22,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from pipeline.config import Limits, ServingConfig
+from pipeline.config import ConfigError, Limits, ServingConfig
 from pipeline.images import open_image, to_rgb
 from pipeline.inference import predict_probs
 from pipeline.masks import postprocess
@@ -108,8 +109,9 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
             "mask": encode_image(mask * 255),
             "boxes": json.dumps([[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]),
             "n_faces": len(boxes),
+            "caveat": config.caveat,
         })
-    return pd.DataFrame(rows, columns=["mask", "boxes", "n_faces"])
+    return pd.DataFrame(rows, columns=["mask", "boxes", "n_faces", "caveat"])
 
 
 def _param(params: dict | None, name: str, default, kind: type):
@@ -159,7 +161,13 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
 
         self.model = load_model(context.artifacts["keras_model"])
         with open(context.artifacts["config"]) as fh:
-            self.config = ServingConfig.from_dict(json.load(fh))
+            values = json.load(fh)
+        try:
+            self.config = ServingConfig.from_dict(values)
+        except ConfigError as err:  # in-process, the installed code reads the model's config, not the code it ships
+            raise ConfigError(f"{err}. This model was exported by another version of the pipeline: serve it with "
+                              f"`mlflow models serve` (it runs the code it ships) or export it again "
+                              f"(`dvc repro --force export` where it was trained)") from None
         guard_scoring_server()
         for size in self.config.tta_sizes:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests

@@ -6,15 +6,19 @@ import logging
 import os
 import socket
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import pandas as pd
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params, assert_params_unchanged, flatten, project_root
-from pipeline.io import read_json, write_json
+from pipeline.formats import Sample
+from pipeline.io import read_json
 
 
 def default_uri() -> str:
@@ -44,6 +48,7 @@ def setup(experiment: str) -> str:
 
 
 PROCESS_TAG = "facemask.process"
+SYSTEM_METRICS_SECONDS = 5
 
 
 def this_process() -> str:
@@ -102,14 +107,71 @@ def _git_head() -> str | None:
     return out.stdout.strip() or None
 
 
+def run_name(params: Params) -> str:
+    """The DVC experiment's name, else the preset and data source: runs tell apart at a glance."""
+    return os.environ.get("DVC_EXP_NAME") or f"{params.preset}-{params.data.source}"
+
+
+def describe_run(params: Params, baseline: dict | None, commit: str | None) -> str:
+    """The run's description (the UI's Description box): data, weights, preset, what changed."""
+    lines = [f"Caveat: {params.caveat}." if params.caveat else "",
+             f"Data: {params.data.source}" + (f" ({params.data.path})" if params.data.path else "") + ".",
+             f"Encoder weights: {params.model.weights}; preset: {params.preset}."]
+    if baseline is None:
+        lines.append("No baseline params to compare with (not a git checkout).")
+    else:
+        now, before = flatten(params.to_dict()), flatten(baseline)
+        changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+        where = f"the baseline commit {commit[:7]}" if commit else "the baseline"
+        lines.append(f"Changed against {where}: " + "; ".join(changed) + "." if changed else f"Same params as {where}.")
+    return "\n".join(line for line in lines if line)
+
+
+def baseline_params(commit: str | None) -> dict | None:
+    """params.yaml as committed at `commit` (the experiment's baseline), or None."""
+    if not commit:
+        return None
+    try:
+        out = subprocess.run(["git", "show", f"{commit}:params.yaml"], capture_output=True, text=True, cwd=project_root(),
+                             check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return yaml.safe_load(out.stdout)
+
+
 @contextmanager
-def new_run(params: Params, run_file: str | os.PathLike) -> Iterator[mlflow.ActiveRun]:
-    """Start the pipeline execution's MLflow run, log all params and record its id in `run_file`."""
+def new_run(params: Params) -> Iterator[mlflow.ActiveRun]:
+    """Start the pipeline execution's MLflow run: name, description, all params, system metrics."""
     experiment_id = setup(params.mlflow.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"), tags=run_tags()) as run:
+    tags = run_tags()
+    commit = tags.get("mlflow.source.git.commit")
+    tags["mlflow.note.content"] = describe_run(params, baseline_params(commit), commit)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_SECONDS)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(params), tags=tags, log_system_metrics=True) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params.to_dict()).items()})
         yield run
-        write_json(run_file, {"run_id": run.info.run_id, "experiment_id": experiment_id})
+
+
+def log_split(context: str, samples: list[Sample], digest: str) -> None:
+    """Log a split as an MLflow dataset (the runs table's Dataset column): one row per image.
+
+    The digest is the split's content fingerprint (images and boxes), the one versions are
+    compared by; the DVC hash of the extracted data rides along as a tag when dvc.lock has it.
+    """
+    table = pd.DataFrame({"image_id": [s.image_id for s in samples], "width": [s.width for s in samples],
+                          "height": [s.height for s in samples], "n_faces": [len(s.boxes) for s in samples]})
+    with warnings.catch_warnings():  # MLflow's notes on integer columns and on two equal local-file source types
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(table, source=str(Path.cwd() / "data" / "extracted"), name=context, digest=digest)
+        mlflow.log_input(dataset, context=context, tags={"dvc.md5": md5} if (md5 := _extracted_md5()) else None)
+
+
+def _extracted_md5() -> str | None:
+    try:
+        lock = yaml.safe_load(Path("dvc.lock").read_text())
+        return next(o["md5"] for o in lock["stages"]["extract"]["outs"] if o["path"] == "data/extracted")
+    except (OSError, KeyError, StopIteration, TypeError, yaml.YAMLError):
+        return None
 
 
 @contextmanager
@@ -128,6 +190,11 @@ def resume_run(params: Params, run_file: str | os.PathLike) -> Iterator[mlflow.A
         yield run
 
 
+def namespaced(keras_key: str) -> str:
+    """Keras' `loss`, `val_dice` ... as `train/loss`, `val/dice`: the UI groups its charts by prefix."""
+    return f"val/{keras_key[4:]}" if keras_key.startswith("val_") else f"train/{keras_key}"
+
+
 def epoch_logger():
     """Keras callback sending every epoch's logs to the active MLflow run."""
     import keras
@@ -135,6 +202,6 @@ def epoch_logger():
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             assert_params_unchanged()  # stop a run whose params another `dvc exp run` replaced
-            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+            mlflow.log_metrics({namespaced(k): float(v) for k, v in (logs or {}).items()}, step=epoch)
 
     return EpochLogger()

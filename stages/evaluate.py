@@ -6,12 +6,14 @@ import cv2
 import mlflow
 
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
+from pipeline.drawing import comparison
 from pipeline.evaluation import evaluate_model
 from pipeline.inference import tta_sizes
-from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.masks import overlay
+from pipeline.io import atomic_path, read_json, write_csv, write_json
+from pipeline.masks import boxes_to_mask
+from pipeline.metrics import mask_dice
 from pipeline.model import load_model
-from pipeline.tracking import resume_run
+from pipeline.tracking import log_split, resume_run
 from stages.common import MODEL, RUN, SERVING_CONFIG, run_stage, split_samples
 
 METRICS, THRESHOLDS, GALLERY = "metrics/eval.json", "plots/thresholds.csv", "eval/gallery"
@@ -25,21 +27,28 @@ def main() -> None:
     serving = ServingConfig(input_size=size, tta_sizes=tuple(tta_sizes(size, cfg.tta_scales)), flip_tta=cfg.flip_tta,
                             separate_faces=cfg.separate_faces, threshold=metrics["threshold"],
                             threshold_ratio=cfg.threshold_ratio, min_area=cfg.min_area,
-                            test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"], limits=params.export.limits)
+                            test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
+                            limits=params.export.limits, caveat=params.caveat)
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)
     write_json(SERVING_CONFIG, serving.to_dict())
+    panels = {}
+    for s, (mask, boxes) in list(zip(test, preds))[: cfg.gallery_size]:
+        dice = mask_dice(mask, boxes_to_mask(s.boxes, s.height, s.width))
+        panels[s.image_id] = comparison(s.image, s.boxes, mask, boxes, dice, f"test image {s.image_id}")
     with atomic_path(GALLERY) as tmp:
         tmp.mkdir()
-        for s, (mask, boxes) in list(zip(test, preds))[: cfg.gallery_size]:
-            cv2.imwrite(str(tmp / f"{s.image_id}.png"), cv2.cvtColor(overlay(s.image, mask, boxes, s.boxes), cv2.COLOR_RGB2BGR))
+        for image_id, panel in panels.items():
+            cv2.imwrite(str(tmp / f"{image_id}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
 
     with resume_run(params, RUN):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        kept = read_json(RUN)["kept_epoch"]  # test metrics at the kept weights' step: the logged model links them
+        mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=kept)
+        log_split("testing", test, metrics["test_fingerprint"])
         mlflow.log_artifact(THRESHOLDS, "plots")
-        mlflow.log_artifacts(GALLERY, "gallery")
-        mlflow.log_dict({"threshold": metrics["threshold"]}, "eval/threshold.json")
+        for image_id, panel in panels.items():
+            mlflow.log_image(panel, artifact_file=f"gallery/{image_id}.png")
     logging.info("evaluate: threshold %.2f, test dice %.4f, face recall %.3f", metrics["threshold"], metrics["dice"],
                  metrics["face_recall"])
 

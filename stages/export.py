@@ -9,11 +9,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
 from pipeline.io import read_json, write_json
-from pipeline.registry import log_model, promote, register_once, serving_digest, version_tags
+from pipeline.registry import (describe_version, log_model, promote, register_once, serving_digest, sync_alias_tags,
+                               version_tags)
 from pipeline.tracking import resume_run
 from stages.common import MODEL, RUN, SERVING_CONFIG, run_stage, split_samples
 
-OUT = "export/registration.json"
+OUT, EVAL_METRICS = "export/registration.json", "metrics/eval.json"
 
 
 def main() -> None:
@@ -23,10 +24,13 @@ def main() -> None:
     assert_params_unchanged()
     with resume_run(params, RUN) as run:
         client, run_id = MlflowClient(), run.info.run_id
-        log_this_model = partial(log_model, Path(MODEL), config, split_samples("test")[0].image)
+        log_this_model = partial(log_model, name, read_json(RUN)["kept_epoch"], Path(MODEL), config,
+                                 split_samples("test")[0].image)
         model_version = register_once(client, name, run_id, digest, log_this_model, version_tags(config))
         decision = promote(client, name, model_version, "test_dice")
-        mlflow.set_tags({"registered_model": name, "registered_version": model_version.version, "alias": decision["alias"]})
+        client.update_model_version(name, model_version.version, describe_version(read_json(EVAL_METRICS), config, decision))
+        sync_alias_tags(client, name)
+        mlflow.set_tags({"registered_model": name, "registered_version": model_version.version})
     write_json(OUT, {"model_name": name, "version": int(model_version.version), "run_id": run_id,
                      "model_uri": f"models:/{name}/{model_version.version}", "serving_digest": digest, **decision})
     logging.info("export: %s v%s -> %s (%s)", name, model_version.version, decision["alias"], decision["reason"])

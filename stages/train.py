@@ -5,8 +5,9 @@ import logging
 import mlflow
 
 from pipeline.config import assert_params_unchanged, load_params
+from pipeline.formats import fingerprint
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.tracking import epoch_logger, new_run
+from pipeline.tracking import epoch_logger, log_split, new_run
 from pipeline.training import encoder_weights_note, learning_curves, summarize, train_model
 from stages.common import MODEL, RUN, run_stage, split_samples
 
@@ -16,10 +17,12 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 def main() -> None:
     params = load_params()
     train, val = split_samples("train"), split_samples("val")
-    with new_run(params, RUN):
+    with new_run(params) as run:
         note = encoder_weights_note(params.model)
         mlflow.set_tag("encoder_weights", note)
         logging.info("encoder weights: %s", note)
+        log_split("training", train, fingerprint(train))
+        log_split("validation", val, fingerprint(val))
         model, history = train_model(params.model, params.train, train, val, callbacks=[epoch_logger()])
         assert_params_unchanged()
         with atomic_path(MODEL) as tmp:
@@ -27,9 +30,14 @@ def main() -> None:
         write_csv(HISTORY, history)
         summary = {**summarize(history, params.train, train, val), "n_params": int(model.count_params())}
         write_json(METRICS, summary)
-        mlflow.log_metrics({k: v for k, v in summary.items() if k != "best_epoch"})
+        kept = summary["best_epoch"]  # metrics at this step describe the saved weights; the logged model links them
+        mlflow.log_metrics({"val/kept_dice": summary["best_val_dice"], "train/epochs": summary["epochs_run"],
+                            "train/images_per_s": summary["train_images_per_s"], "train/seconds": summary["train_seconds"],
+                            "data/n_train": summary["n_train"], "data/n_val": summary["n_val"],
+                            "model/n_params": summary["n_params"]}, step=kept)
         mlflow.log_artifact(HISTORY, "plots")
         mlflow.log_figure(learning_curves(history), "plots/learning_curves.png")
+        write_json(RUN, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "kept_epoch": kept})
         logging.info("train: %s", summary)
 
 

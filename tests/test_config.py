@@ -55,7 +55,7 @@ def test_int_is_accepted_where_a_float_is_meant_and_lists_become_tuples():
 
 
 def test_serving_config_round_trips_and_refuses_unknown_keys():
-    config = ServingConfig(128, (128, 256), True, False, 0.4, 0.0, 4, "abc", 0.6, PARAMS.export.limits)
+    config = ServingConfig(128, (128, 256), True, False, 0.4, 0.0, 4, "abc", 0.6, PARAMS.export.limits, "")
     assert ServingConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="unknown key split_faces"):
         ServingConfig.from_dict({**config.to_dict(), "split_faces": True})
@@ -78,7 +78,8 @@ def project_imports(module: str) -> set[str]:
             else:
                 continue
             todo += [c for c in candidates if (ROOT / (c.replace(".", "/") + ".py")).is_file()]
-    return seen
+    packages = {f"{name.rsplit('.', 1)[0]}.__init__" for name in seen if "." in name}  # run before their modules
+    return seen | {p for p in packages if (ROOT / (p.replace(".", "/") + ".py")).is_file()}
 
 
 def test_every_stage_depends_on_all_the_code_it_runs():

@@ -4,6 +4,8 @@ import json
 import subprocess
 import time
 
+import cv2
+import mlflow
 import pandas as pd
 import pytest
 
@@ -22,9 +24,9 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert run.data.params["model.input_size"] == "64" and run.data.params["data.source"] == "synthetic"
     assert run.data.tags["encoder_weights"].startswith("random init")
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
-    assert len(c.get_metric_history(run.info.run_id, "val_dice")) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
+    assert len(c.get_metric_history(run.info.run_id, "val/dice")) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
     evaluation = json.loads((project / "metrics/eval.json").read_text())
-    assert run.data.metrics["test_dice"] == pytest.approx(evaluation["dice"])
+    assert run.data.metrics["test/dice"] == pytest.approx(evaluation["dice"])
     assert 0.0 <= evaluation["dice"] <= 1.0 and evaluation["n_images"] == 7 and 0.1 <= evaluation["threshold"] <= 0.9
     serving = json.loads((project / "eval/serving_config.json").read_text())
     assert serving["tta_sizes"] == [64, 96] and serving["flip_tta"] is True and serving["separate_faces"] is True
@@ -42,6 +44,36 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert extract["n_images"] == 48 and extract["source"] == "synthetic"
     split = pd.read_csv(project / "data/split.csv")
     assert split["split"].value_counts().to_dict() == {"train": 34, "val": 7, "test": 7}
+
+
+def test_mlflow_shows_names_descriptions_datasets_and_the_linked_model(project):
+    """What the MLflow UI shows, read back through the client."""
+    c = client(project)
+    (run,) = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    kept = json.loads((project / "models/run.json").read_text())["kept_epoch"]
+    assert run.info.run_name == "none-synthetic"
+    description = run.data.tags["mlflow.note.content"]
+    assert "synthetic demo" in description and "Same params as the baseline commit" in description
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "testing"}
+    assert inputs["testing"].digest == evaluation["test_fingerprint"] and inputs["testing"].name == "testing"
+    assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics are on
+    assert {"train/loss", "train/dice", "val/loss", "val/dice", "test/dice", "data/n_train"} <= set(run.data.metrics)
+    assert all("/" in k for k in run.data.metrics)  # namespaced: the UI groups the charts
+    version = c.get_model_version_by_alias("face-segmenter", "champion")
+    model = c.get_logged_model(version.model_id)  # the version is linked to its logged model
+    assert model.name == "face-segmenter" and model.source_run_id == run.info.run_id
+    linked = {m.key: m for m in model.metrics}
+    assert linked["test/dice"].value == pytest.approx(evaluation["dice"]) and linked["test/dice"].step == kept
+    assert linked["val/dice"].step == kept  # the kept weights' epoch, not step 0
+    assert "Test dice" in version.description and "Alias champion: first registered version" in version.description
+    assert "synthetic demo" in version.description
+    assert run.data.tags["alias"] == "champion"
+    gallery = [a.path for a in c.list_artifacts(run.info.run_id, "gallery")]
+    panel = cv2.imread(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=gallery[0],
+                                                           tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
+    assert panel.shape[0] >= 480 and panel.shape[1] > panel.shape[0]  # truth beside prediction, readable size
 
 
 def test_noop_repro_and_rerun_export_adds_no_version(project):
@@ -81,14 +113,16 @@ def test_queued_experiments_land_in_the_same_store_and_record_what_ran(project):
     (lr, quick) = sorted(queued, key=lambda r: r.data.params["preset"])
     assert lr.data.params["train.warmup_lr"] == "0.003" and lr.data.params["train.finetune_epochs"] == "12"
     assert quick.data.params["train.finetune_epochs"] == "2" and quick.data.params["train.warmup_epochs"] == "1"
-    assert len(c.get_metric_history(quick.info.run_id, "loss")) == 1 + 2  # what trained
-    assert all("test_dice" in r.data.metrics for r in queued)
+    assert len(c.get_metric_history(quick.info.run_id, "train/loss")) == 1 + 2  # what trained
+    assert all("test/dice" in r.data.metrics for r in queued)
     versions = c.search_model_versions("name = 'face-segmenter'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
     champion = c.get_model_version_by_alias("face-segmenter", "champion")
     best = max(float(v.tags["test_dice"]) for v in versions)  # same test set: promotion keeps the best
     assert float(champion.tags["test_dice"]) == best
     assert len({v.tags["test_fingerprint"] for v in versions}) == 1
+    for v in versions:  # the runs' alias tags follow the registry as the aliases move
+        assert c.get_run(v.run_id).data.tags["alias"] == (", ".join(sorted(v.aliases)) or "none")
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=project, env=env(), capture_output=True,
                                       text=True, check=True).stdout)
     names = [n for n in _find(shown, "name") if isinstance(n, str)]

@@ -112,7 +112,7 @@ def wait_for_running_run(root, proc, known: set[str], timeout: float = 600):
         c = client(root)
         experiment = c.get_experiment_by_name("facemask")
         runs = c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
-        started = [r for r in runs if r.info.run_id not in known and c.get_metric_history(r.info.run_id, "loss")]
+        started = [r for r in runs if r.info.run_id not in known and c.get_metric_history(r.info.run_id, "train/loss")]
         if started:
             return started[0]
         time.sleep(0.5)  # polling interval while waiting for the condition above
