@@ -35,7 +35,10 @@ serve: $(VENV)/.installed
 	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/mlflow models serve \
 		-m "models:/face-segmenter@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
 
-ui: $(VENV)/.installed
+ui: $(VENV)/.installed    # MLflow 3 opens on its GenAI overview: the runs are at the URL printed first
+	@echo "Runs: http://127.0.0.1:5000/#/experiments/$$($(BIN)/python -c 'import mlflow; \
+		e = mlflow.MlflowClient("$(MLFLOW_TRACKING_URI)").get_experiment_by_name("facemask"); \
+		print(e.experiment_id if e else 0)' 2>/dev/null)?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/mlartifacts -h 127.0.0.1 -p 5000
 
 clean:

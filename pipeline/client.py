@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import requests
-from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
+from pipeline.drawing import overlay
 from pipeline.formats import IMAGE_SUFFIXES
-from pipeline.masks import overlay
-from pipeline.serving import decode_image
+from pipeline.images import open_image, to_rgb
+from pipeline.quiet import import_tensorflow
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, help="mask threshold (default: the model's; with its threshold_ratio, the base of each image's threshold)")
     p.add_argument("--batch-size", type=int, default=8, help="images per request (default 8; the server's limit is "
                    "export.limits.max_images)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and MLflow's logs too")
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet()
 
     try:
         files = find_images(args.paths)
@@ -82,19 +88,30 @@ def main(argv: list[str] | None = None) -> int:
             batch = files[start : start + args.batch_size]
             encoded = [base64.b64encode(f.read_bytes()).decode("ascii") for f in batch]
             result = predict(encoded)
-            for file, target, b64, row in zip(batch, targets[start:], encoded, result.itertuples()):
+            result["caveat"] = result.get("caveat", "")  # models registered before it have no such column
+            if start == 0 and result["caveat"].iloc[0]:
+                print(f"facemask: note: the model says it is a {result['caveat'].iloc[0]}", file=sys.stderr)
+            for file, target, row in zip(batch, targets[start:], result.itertuples()):
                 boxes = json.loads(row.boxes)
                 line = {"image": str(file), "n_faces": int(row.n_faces), "boxes": boxes}
+                if row.caveat:
+                    line["caveat"] = row.caveat
                 if target is not None:
-                    image = decode_image(b64)  # as the server decoded it (EXIF orientation included)
-                    drawn = overlay(image, decode_mask(row.mask) > 0, np.array(boxes, np.float32).reshape(-1, 5))
+                    image = to_rgb(open_image(file.read_bytes(), None))  # as the server decoded it (EXIF orientation too)
+                    drawn = overlay(image, decode_mask(row.mask) > 0, np.array(boxes, np.float32).reshape(-1, 5), row.caveat)
                     write_image(target, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                     line["overlay"] = str(target)
                 print(json.dumps(line), flush=True)
-    except (OSError, RuntimeError, ValueError, requests.RequestException, MlflowException) as err:
+    except (OSError, RuntimeError, ValueError, requests.RequestException) as err:
         print(f"facemask: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def quiet() -> None:
+    """No MLflow download bars or info logs (TensorFlow's are hidden as it loads): the output is the results."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
 def predictor(args):
@@ -102,13 +119,32 @@ def predictor(args):
     if args.url:
         return lambda b64: predict_http(args.url, b64, args.threshold)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import default_uri, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(args.model)
+    uri = tracking_uri()
+    if uri == default_uri() and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RuntimeError(f"no MLflow store here: {uri.removeprefix('sqlite:///')} does not exist. Run facemask from the "
+                           f"project folder (where `make run` made mlflow.db), or set MLFLOW_TRACKING_URI to the store")
+    print(f"facemask: model {args.model} from the MLflow store {uri}", file=sys.stderr)
+    import_tensorflow(args.verbose)
+    mlflow.set_tracking_uri(uri)
+    try:
+        with warnings.catch_warnings(record=not args.verbose):  # MLflow's advice on type hints, at every load
+            model = mlflow.pyfunc.load_model(args.model)
+    except MlflowException as err:
+        raise RuntimeError(f"cannot load {args.model} from the MLflow store {uri}: {err.message}. Train and export one "
+                           f"(`make run`), or name another (`models:/<name>/<version>`)") from None
     params = {"threshold": args.threshold} if args.threshold is not None else None
-    return lambda b64: model.predict(pd.DataFrame({"image": b64}), params=params)
+
+    def predict(b64: list[str]) -> pd.DataFrame:
+        try:
+            return model.predict(pd.DataFrame({"image": b64}), params=params)
+        except MlflowException as err:  # the model's own 400s: bad images or params
+            raise ValueError(err.message) from None
+
+    return predict
 
 
 def overlay_paths(files: list[Path], out: Path) -> list[Path]:

@@ -71,6 +71,7 @@ def test_served_masks_and_boxes_match_the_contract_and_in_process_predict(server
     assert len(served) == len(images)
     local = local_model.predict(pd.DataFrame({"image": [b for b, _, _ in images]}))
     for (b64, (h, w), _), row, ref in zip(images, served.itertuples(), local.itertuples()):
+        assert row.caveat.startswith("synthetic demo: trained on generated scenes")  # the demo says what it is
         mask = decode_mask(row.mask)
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
         boxes = json.loads(row.boxes)
@@ -173,7 +174,8 @@ def test_client_cli_over_http_writes_overlays(server, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["image"].rsplit("/", 1)[1] for line in lines] == ["p0.jpg", "p1.jpg", "p2.jpg"]
-    assert all(line["n_faces"] == len(line["boxes"]) for line in lines)
+    assert all(line["n_faces"] == len(line["boxes"]) and line["caveat"].startswith("synthetic demo") for line in lines)
+    assert "the model says it is a synthetic demo" in out.stderr and "cuda" not in out.stderr.lower()
     for i in range(3):
         drawn = cv2.imread(str(tmp_path / "overlays" / f"p{i}.png"))
         assert drawn.shape == cv2.imread(str(folder / f"p{i}.jpg")).shape
@@ -190,6 +192,17 @@ def test_client_cli_runs_the_model_locally_without_a_server(project, tmp_path):
     line = json.loads(out.stdout)
     assert line["image"] == str(photo) and line["n_faces"] == len(line["boxes"])
     assert cv2.imread(str(tmp_path / "overlay.png")).shape == (100, 100, 3)
+    assert f"from the MLflow store sqlite:///{project / 'mlflow.db'}" in out.stderr
+    assert "Warning" not in out.stderr and "cuda" not in out.stderr.lower() and "absl" not in out.stderr  # quiet by default
+
+
+def test_client_outside_the_project_says_where_it_looked_and_creates_no_store(tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.zeros((32, 32, 3), np.uint8))
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--model", MODEL], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env())
+    assert out.returncode == 1 and f"no MLflow store here: {tmp_path / 'mlflow.db'} does not exist" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_mlflow_models_predict_with_the_logged_serving_input_example(project, tmp_path):
