@@ -26,7 +26,7 @@ run: $(VENV)/.installed
 	$(BIN)/dvc repro
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 test-fast: $(VENV)/.installed-dev    # what needs no training and no server: under a minute
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -40,7 +40,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "images_npy", "yolo"]
+    source: Literal["synthetic", "images_npy", "yolo", "voc"]
     path: str | None
     synthetic: SyntheticConfig
 

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
@@ -45,9 +46,10 @@ class Sample:
 
 @dataclass
 class Report:
-    """What extraction repaired or dropped, by reason."""
+    """What extraction repaired or dropped, by reason; and the box labels a source carries."""
 
     counts: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
 
     def add(self, reason: str, n: int = 1) -> None:
         if n:
@@ -193,6 +195,66 @@ def _yolo_box(fields: list[str], width: int, height: int, where: str) -> list[fl
     if not np.all(np.isfinite([cx, cy, bw, bh])):
         raise FormatError(f"{where}: box values are not finite: {' '.join(fields[1:5])!r}")
     return [(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height]
+
+
+def read_voc_folder(path: str | os.PathLike, report: Report, limits: Limits) -> list[Sample]:
+    """Pascal VOC: `Annotations/<name>.xml` (one `<object>` per face, `<bndbox>` in pixels) and
+    `JPEGImages/<filename>`. Face boxes only; each object's `<name>` is counted in `report.labels`.
+
+    Stray text inside an annotation (real VOC files carry such debris) is ignored and counted;
+    an entity declaration is refused (no entity expansion from a data file).
+    """
+    root = Path(path)
+    ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
+    if not ann_dir.is_dir() or not image_dir.is_dir():
+        raise FormatError(f"{root}: expected Annotations/ and JPEGImages/ folders (Pascal VOC)")
+    annotations = sorted(ann_dir.glob("*.xml"))
+    if not annotations:
+        raise FormatError(f"{ann_dir}: no .xml annotation files")
+    samples, named = [], set()
+    for xml in annotations:
+        filename, objects = _voc_annotation(xml, report)
+        file = image_dir / filename
+        if not file.is_file():
+            raise FormatError(f"{xml} <filename>: {file} does not exist")
+        named.add(file.name)
+        image = read_image_file(file, report, limits)
+        h, w = image.shape[:2]
+        report.labels.update(label for label, _ in objects)
+        boxes = np.array([box for _, box in objects])
+        samples.append(Sample(xml.stem, image, repair_boxes(boxes, w, h, report)))
+    report.add("image_without_annotation",
+               sum(1 for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in named))
+    return samples
+
+
+def _voc_annotation(xml: Path, report: Report) -> tuple[str, list[tuple[str, list[float]]]]:
+    """(image filename, [(label, [xmin, ymin, xmax, ymax])]) of one VOC file; FormatError naming file and object."""
+    data = xml.read_bytes()
+    if b"<!ENTITY" in data:
+        raise FormatError(f"{xml}: refused, declares XML entities")
+    try:
+        tree = ElementTree.fromstring(data)
+    except ElementTree.ParseError as err:
+        raise FormatError(f"{xml}: not well-formed XML ({err})") from None
+    filename = (tree.findtext("filename") or "").strip()
+    if not filename:
+        raise FormatError(f"{xml}: no <filename>")
+    objects = []
+    for i, obj in enumerate(tree.findall("object")):
+        where = f"{xml} <object> {i}"
+        report.add("stray_text_in_annotation", sum(bool((e.tail or "").strip()) for e in obj))
+        label = (obj.findtext("name") or "").strip()
+        if not label:
+            raise FormatError(f"{where}: no <name>")
+        try:
+            box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (TypeError, ValueError):
+            raise FormatError(f"{where} <bndbox>: expected numbers xmin, ymin, xmax, ymax") from None
+        if not np.all(np.isfinite(box)):
+            raise FormatError(f"{where} <bndbox>: not finite: {box}")
+        objects.append((label, box))
+    return filename, objects
 
 
 def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:

@@ -93,13 +93,9 @@ def register_once(client: MlflowClient, name: str, run_id: str, digest: str, log
     if found is not None:
         return found
     info = log_model()
-    try:
-        client.create_registered_model(name)
-    except MlflowException as err:
-        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-            raise
-    mine = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
-                                       tags={"source_run_id": run_id, "serving_digest": digest, **tags})
+    # register_model (not client.create_model_version) also tags the logged model with its version,
+    # which is how the UI links the two: no "Not registered" model page beside the version.
+    mine = mlflow.register_model(info.model_uri, name, tags={"source_run_id": run_id, "serving_digest": digest, **tags})
     first = find_version(client, name, run_id, digest)
     if first.version == mine.version:
         return mine

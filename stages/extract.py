@@ -15,8 +15,8 @@ def read_source(cfg: DataConfig, report: formats.Report, limits: Limits) -> list
     if cfg.source == "synthetic":
         s = cfg.synthetic
         return synthetic.generate(s.n_images, s.min_size, s.max_size, s.max_faces, s.seed)
-    reader = formats.read_images_npy if cfg.source == "images_npy" else formats.read_yolo_folder
-    return reader(resolve_path(cfg.path), report, limits)
+    readers = {"images_npy": formats.read_images_npy, "yolo": formats.read_yolo_folder, "voc": formats.read_voc_folder}
+    return readers[cfg.source](resolve_path(cfg.path), report, limits)
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
         "n_faces": int(sum(len(s.boxes) for s in samples)),
         "n_negative_images": sum(len(s.boxes) == 0 for s in samples),
         "repairs": dict(sorted(report.counts.items())),
+        "labels": dict(sorted(report.labels.items())),
         "mask_face_fraction": float(sum(m.sum() for m in masks) / max(1, sum(m.size for m in masks))),
     }
     write_json(METRICS, summary)

@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WIDERFACE = SHARED / "data" / "widerface-dev"
+FACEMASK_SCENES = SHARED / "data" / "facemask-scenes"
 WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 PARAMS = load_params(ROOT / "params.yaml")  # the committed defaults, for tests to vary with dataclasses.replace
 LIMITS = PARAMS.export.limits

@@ -1,3 +1,5 @@
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -5,7 +7,7 @@ import pytest
 from pipeline import formats
 from pipeline.formats import FormatError, Report, load_samples, write_dataset
 from pipeline.masks import boxes_to_mask
-from tests.conftest import LIMITS, WIDERFACE, course_array, face, png_header
+from tests.conftest import FACEMASK_SCENES, LIMITS, WIDERFACE, course_array, face, png_header
 
 
 def read_images_npy(path, report):
@@ -192,3 +194,55 @@ def test_real_course_file_and_yolo_folder_agree():
     yolo = read_yolo_folder(WIDERFACE, Report())
     assert sum(len(s.boxes) for s in yolo) == sum(len(s.boxes) for s in npy)
     assert abs(sum(len(s.boxes) for s in npy) - 2651) <= 5  # a few zero-area boxes may be dropped
+
+
+def voc_xml(filename: str, objects: list[tuple[str, tuple]], debris: str = "") -> str:
+    body = "".join(f"<object><name>{name}</name><pose>Unspecified</pose><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>{debris}</object>" for name, b in objects)
+    return f"<annotation><folder>JPEGImages</folder><filename>{filename}</filename>{body}</annotation>"
+
+
+def voc_folder(root, annotations: dict[str, str], images: dict[str, tuple[int, int]]):
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for name, text in annotations.items():
+        (root / "Annotations" / name).write_text(text)
+    for name, (h, w) in images.items():
+        cv2.imwrite(str(root / "JPEGImages" / name), np.zeros((h, w, 3), np.uint8))
+    return root
+
+
+def test_voc_folder_reads_face_boxes_counts_labels_debris_and_unannotated_images(tmp_path):
+    root = voc_folder(tmp_path, {
+        "a.xml": voc_xml("a.jpg", [("with_mask", (10, 5, 30, 25)), ("without_mask", (40, 10, 70, 60))],
+                         debris="file:/Users/someone/annotations/a.xml"),
+        "b.xml": voc_xml("b.png", [("mask_weared_incorrect", (0, 0, 90, 50))]),  # past the right edge: clipped
+    }, {"a.jpg": (64, 80), "b.png": (40, 60), "c.jpg": (20, 20)})
+    report = Report()
+    a, b = formats.read_voc_folder(root, report, LIMITS)
+    np.testing.assert_allclose(a.boxes, [[10, 5, 30, 25], [40, 10, 70, 60]])
+    np.testing.assert_allclose(b.boxes, [[0, 0, 60, 40]])
+    assert report.labels == {"with_mask": 1, "without_mask": 1, "mask_weared_incorrect": 1}
+    assert report.counts == {"stray_text_in_annotation": 2, "box_clipped": 1, "image_without_annotation": 1}
+
+
+@pytest.mark.parametrize("text, message", [
+    (voc_xml("a.jpg", [("face", ("x", 1, 2, 3))]), "a.xml <object> 0 <bndbox>: expected numbers"),
+    (voc_xml("a.jpg", [("face", ("nan", 1, 2, 3))]), "a.xml <object> 0 <bndbox>: not finite"),
+    (voc_xml("missing.jpg", []), "a.xml <filename>: "),
+    ("<annotation><filename>a.jpg", "a.xml: not well-formed XML"),
+    ('<!DOCTYPE a [<!ENTITY x "xx">]><annotation><filename>a.jpg</filename></annotation>', "a.xml: refused, declares XML"),
+])
+def test_voc_errors_name_the_file_and_object(tmp_path, text, message):
+    root = voc_folder(tmp_path, {"a.xml": text}, {"a.jpg": (20, 20)})
+    with pytest.raises(FormatError, match=re.escape(message)):
+        formats.read_voc_folder(root, Report(), LIMITS)
+
+
+@pytest.mark.skipif(not FACEMASK_SCENES.exists(), reason="../shared/data/facemask-scenes not present (it is in CI)")
+def test_real_voc_folder():
+    report = Report()
+    samples = formats.read_voc_folder(FACEMASK_SCENES, report, LIMITS)
+    assert len(samples) == 853 and sum(len(s.boxes) for s in samples) == 4072
+    assert report.labels == {"with_mask": 3232, "without_mask": 717, "mask_weared_incorrect": 123}
+    assert report.counts["stray_text_in_annotation"] == 1  # maksssksksss0.xml's debris line

@@ -62,8 +62,11 @@ def test_mlflow_shows_names_descriptions_datasets_and_the_linked_model(project):
     assert {"train/loss", "train/dice", "val/loss", "val/dice", "test/dice", "data/n_train"} <= set(run.data.metrics)
     assert all("/" in k for k in run.data.metrics)  # namespaced: the UI groups the charts
     version = c.get_model_version_by_alias("face-segmenter", "champion")
-    model = c.get_logged_model(version.model_id)  # the version is linked to its logged model
+    assert version.source.startswith("models:/m-")  # registered from the logged model ...
+    model = c.get_logged_model(version.source.removeprefix("models:/"))
     assert model.name == "face-segmenter" and model.source_run_id == run.info.run_id
+    linked_versions = [(m["name"], str(m["version"])) for m in json.loads(model.tags["mlflow.modelVersions"])]
+    assert linked_versions == [("face-segmenter", "1")]  # ... and linked to it, as the model's page shows
     linked = {m.key: m for m in model.metrics}
     assert linked["test/dice"].value == pytest.approx(evaluation["dice"]) and linked["test/dice"].step == kept
     assert linked["val/dice"].step == kept  # the kept weights' epoch, not step 0
