@@ -1,6 +1,6 @@
 """Read a `.npy` file without running code from it.
 
-`np.load(allow_pickle=True)` unpickles object arrays, and a pickle can call any function: a
+`np.load` with pickles allowed unpickles object arrays, and a pickle can call any function: a
 course file passed between students could run a command while it loads. Here an object array
 is unpickled with an allow-list: numpy arrays of plain dtypes, lists, tuples, dicts, strings,
 bytes, numbers, booleans and None. numpy's own reconstructors are replaced by stand-ins that
