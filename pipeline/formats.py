@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import safe_npy
-from pipeline.images import Limits, open_image
+from pipeline.config import Limits
+from pipeline.images import open_image
 from pipeline.io import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -1,7 +1,6 @@
 """export: log the pyfunc into the run, register it, move `champion` only on a fair win."""
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -24,8 +23,8 @@ def main() -> None:
     assert_params_unchanged()
     with resume_run(params, RUN) as run:
         client, run_id = MlflowClient(), run.info.run_id
-        log_this_model = partial(log_model, name, read_json(RUN)["kept_epoch"], Path(MODEL), config,
-                                 split_samples("test")[0].image)
+        kept = read_json(RUN)["kept_epoch"]
+        log_this_model = lambda: log_model(name, kept, Path(MODEL), config, split_samples("test")[0].image)  # noqa: E731
         model_version = register_once(client, name, run_id, digest, log_this_model, version_tags(config))
         decision = promote(client, name, model_version, "test_dice")
         client.update_model_version(name, model_version.version, describe_version(read_json(EVAL_METRICS), config, decision))
