@@ -25,8 +25,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/dvc repro
 
+# Two or more workers: tests sharing a pipeline clone stay on one (conftest.py groups them).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=12
 
 test-fast: $(VENV)/.installed-dev    # what needs no training and no server: under a minute
 	$(BIN)/python -m pytest -q -m "not slow"

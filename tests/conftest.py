@@ -48,7 +48,10 @@ def rng():
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory):
-    """A temporary clone with the tiny pipeline run once by the real `dvc repro` (shared by modules)."""
+    """A temporary clone with the tiny pipeline run once by the real `dvc repro` (shared by modules).
+
+    Tests using it carry `xdist_group("project")`: under pytest-xdist (`make test`) they run on one
+    worker, in order, so it is built once and each test sees what the earlier ones left there."""
     from tests.pipeline_fixture import make_clone, sh
 
     root = make_clone(tmp_path_factory.mktemp("project"))
@@ -56,3 +59,4 @@ def project(tmp_path_factory):
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "pipeline outputs")
     return root
+

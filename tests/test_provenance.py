@@ -33,6 +33,7 @@ def served_config(project, version) -> dict:
     return json.loads((__import__("pathlib").Path(path) / "artifacts" / "serving_config.json").read_text())
 
 
+@pytest.mark.xdist_group("project")
 def test_a_changed_serving_setting_is_a_new_version_never_a_silent_reuse(project):
     c = client(project)
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
@@ -125,6 +126,7 @@ def all_runs(root) -> list:
     return c.search_runs([experiment.experiment_id]) if experiment else []
 
 
+@pytest.mark.xdist_group("clone")  # the next test goes on in the clone this one ran in
 def test_a_killed_training_run_is_marked_killed_by_the_next_repro(clone):
     proc = start(clone, "dvc", "repro")
     run = wait_for_running_run(clone, proc, set())
@@ -142,6 +144,7 @@ def test_a_killed_training_run_is_marked_killed_by_the_next_repro(clone):
     assert not [v for v in c.search_model_versions(f"name = '{NAME}'") if v.run_id == run.info.run_id]
 
 
+@pytest.mark.xdist_group("clone")
 def test_a_second_exp_run_in_the_same_workspace_cannot_change_what_the_first_records(clone):
     sh(clone, "git", "add", "-A")
     sh(clone, "git", "commit", "-qm", "pipeline outputs")
