@@ -1,4 +1,5 @@
-"""`facemask predict`: send photos to a served model (or a local one), print boxes, draw overlays."""
+"""`facemask predict` and `facemask video`: send photos or video frames to a served model (or a local
+one), print faces as JSON lines, draw overlays."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
-from pipeline.drawing import overlay
+from pipeline.drawing import count_labels, overlay
 from pipeline.formats import IMAGE_SUFFIXES
 from pipeline.images import open_image, to_rgb
 from pipeline.quiet import import_tensorflow
@@ -63,49 +65,162 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="predict face masks and boxes for images or folders")
     p.add_argument("paths", nargs="+", help="image files (JPEG/PNG) or folders of them")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="a running `mlflow models serve`, e.g. http://127.0.0.1:5001")
-    target.add_argument("--model", help="run locally instead: a model URI, e.g. models:/face-segmenter@champion")
+    add_target(p)
     p.add_argument("--out", help="overlay PNG (one image) or folder for overlays (several)")
     p.add_argument("--threshold", type=float, help="mask threshold (default: the model's; with its threshold_ratio, the base of each image's threshold)")
     p.add_argument("--batch-size", type=int, default=8, help="images per request (default 8; the server's limit is "
                    "export.limits.max_images)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and MLflow's logs too")
+    v = sub.add_parser("video", help="annotate a video file or a camera's frames")
+    v.add_argument("input", help="a video file, or a camera index (0, 1, ...)")
+    add_target(v)
+    v.add_argument("--out", help="annotated video (.mp4 or .avi), same size and frame rate as the input")
+    v.add_argument("--stride", type=int, default=1, help="predict every Nth frame; the frames between show the last "
+                   "prediction (default 1: every frame)")
+    v.add_argument("--max-frames", type=int, help="stop after this many frames (a camera runs until Ctrl-C otherwise)")
+    v.add_argument("--json", action="store_true", help="print one JSON line per predicted frame")
+    v.add_argument("--threshold", type=float, help="mask threshold (default: the model's)")
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet()
-
     try:
-        files = find_images(args.paths)
-        out = Path(args.out) if args.out else None
-        single = out is not None and len(files) == 1 and out.suffix.lower() == ".png"
-        targets = [out] if single else overlay_paths(files, out) if out is not None else [None] * len(files)
-        if out is not None and not single:
-            out.mkdir(parents=True, exist_ok=True)
-        predict = predictor(args)
-        for start in tqdm(range(0, len(files), args.batch_size), disable=len(files) <= args.batch_size, file=sys.stderr,
-                          unit="batch"):
-            batch = files[start : start + args.batch_size]
-            encoded = [base64.b64encode(f.read_bytes()).decode("ascii") for f in batch]
-            result = predict(encoded)
-            result["caveat"] = result.get("caveat", "")  # models registered before it have no such column
-            if start == 0 and result["caveat"].iloc[0]:
-                print(f"facemask: note: the model says it is a {result['caveat'].iloc[0]}", file=sys.stderr)
-            for file, target, row in zip(batch, targets[start:], result.itertuples()):
-                boxes = json.loads(row.boxes)
-                line = {"image": str(file), "n_faces": int(row.n_faces), "boxes": boxes}
-                if row.caveat:
-                    line["caveat"] = row.caveat
-                if target is not None:
-                    image = to_rgb(open_image(file.read_bytes(), None))  # as the server decoded it (EXIF orientation too)
-                    drawn = overlay(image, decode_mask(row.mask) > 0, np.array(boxes, np.float32).reshape(-1, 5), row.caveat)
-                    write_image(target, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-                    line["overlay"] = str(target)
-                print(json.dumps(line), flush=True)
+        return predict_files(args) if args.command == "predict" else annotate_video(args)
     except (OSError, RuntimeError, ValueError, requests.RequestException) as err:
         print(f"facemask: error: {err}", file=sys.stderr)
         return 1
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """Where predictions come from (a server or a local model), and how talkative to be."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running `mlflow models serve`, e.g. http://127.0.0.1:5001")
+    target.add_argument("--model", help="run locally instead: a model URI, e.g. models:/face-segmenter@champion")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and MLflow's logs too")
+
+
+def predict_files(args) -> int:
+    """`facemask predict`: a JSON line per image, overlays with --out, face counts per label at the end."""
+    files = find_images(args.paths)
+    every: list[dict] = []
+    out = Path(args.out) if args.out else None
+    single = out is not None and len(files) == 1 and out.suffix.lower() == ".png"
+    targets = [out] if single else overlay_paths(files, out) if out is not None else [None] * len(files)
+    if out is not None and not single:
+        out.mkdir(parents=True, exist_ok=True)
+    predict = predictor(args)
+    for start in tqdm(range(0, len(files), args.batch_size), disable=len(files) <= args.batch_size, file=sys.stderr,
+                      unit="batch"):
+        batch = files[start : start + args.batch_size]
+        encoded = [base64.b64encode(f.read_bytes()).decode("ascii") for f in batch]
+        result = predict(encoded)
+        result["caveat"] = result.get("caveat", "")  # models registered before it have no such column
+        if start == 0 and result["caveat"].iloc[0]:
+            print(f"facemask: note: the model says it is a {result['caveat'].iloc[0]}", file=sys.stderr)
+        for file, target, row in zip(batch, targets[start:], result.itertuples()):
+            line = {"image": str(file), **answer(row)}
+            every += line["faces"]
+            if target is not None:
+                image = to_rgb(open_image(file.read_bytes(), None))  # as the server decoded it (EXIF orientation too)
+                drawn = overlay(image, decode_mask(row.mask) > 0, line["faces"], row.caveat)
+                write_image(target, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                line["overlay"] = str(target)
+            print(json.dumps(line), flush=True)
+    print(f"facemask: {len(files)} images, {summary(every)}", file=sys.stderr)
     return 0
+
+
+def annotate_video(args) -> int:
+    """`facemask video`: predict every `--stride`th frame, draw the latest prediction on every frame,
+    write the annotated video (all or nothing: it is renamed into place at the end), report frames/s."""
+    if args.stride < 1:
+        raise ValueError(f"--stride must be at least 1, got {args.stride}")
+    capture = open_video(args.input)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    if args.max_frames is not None:
+        total = min(total or args.max_frames, args.max_frames)
+    out = Path(args.out) if args.out else None
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}") if out else None
+    predict, writer, latest, every = predictor(args), None, None, []
+    frames, start = 0, time.perf_counter()
+    try:
+        with tqdm(total=total, unit="frame", file=sys.stderr) as bar:
+            while args.max_frames is None or frames < args.max_frames:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if frames % args.stride == 0:
+                    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    row = next(predict([base64.b64encode(jpeg.tobytes()).decode("ascii")]).itertuples())
+                    line = {"frame": frames, "time_s": round(frames / fps, 3), **answer(row)}
+                    latest = (decode_mask(row.mask) > 0, line["faces"], line.get("caveat", ""))
+                    every += line["faces"]
+                    if args.json:
+                        print(json.dumps(line), flush=True)
+                if partial is not None:
+                    writer = writer or open_writer(partial, fps, frame.shape[1], frame.shape[0])
+                    drawn = overlay(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), *latest)
+                    writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                frames += 1
+                bar.update()
+    except BaseException:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise ValueError(f"{args.input}: no frames could be read")
+    seconds = time.perf_counter() - start
+    if partial is not None:
+        partial.replace(out)
+    predicted = len(range(0, frames, args.stride))
+    print(f"facemask: {frames} frames ({predicted} predicted) in {seconds:.1f} s, {frames / seconds:.1f} frames/s; "
+          f"{summary(every)} in the predicted frames" + (f"; wrote {out}" if out else ""), file=sys.stderr)
+    return 0
+
+
+def open_video(source: str) -> cv2.VideoCapture:
+    """A video file, or a camera for a bare index such as `0`."""
+    if source.isdigit():
+        capture, what = cv2.VideoCapture(int(source)), f"camera {source}"
+    elif Path(source).is_file():
+        capture, what = cv2.VideoCapture(source), source
+    else:
+        raise FileNotFoundError(f"{source}: no such video file (or camera index)")
+    if not capture.isOpened():
+        raise OSError(f"cannot open {what}" + (" (is a camera attached?)" if source.isdigit() else " as a video"))
+    return capture
+
+
+def open_writer(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    codecs = {".mp4": "mp4v", ".avi": "MJPG"}
+    if path.suffix.lower() not in codecs:
+        raise ValueError(f"{path}: the annotated video must be .mp4 or .avi")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codecs[path.suffix.lower()]), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"cannot write {path} (is the folder writable?)")
+    return writer
+
+
+def answer(row) -> dict:
+    """A JSON line's prediction fields from one output row (`faces` built from `boxes` for models
+    registered before the column existed)."""
+    boxes = json.loads(row.boxes)
+    faces = json.loads(row.faces) if isinstance(getattr(row, "faces", None), str) else [
+        {"box": b[:4], "score": b[4], "label": None, "label_score": None} for b in boxes]
+    line = {"n_faces": int(row.n_faces), "boxes": boxes, "faces": faces}
+    if row.caveat:
+        line["caveat"] = row.caveat
+    return line
+
+
+def summary(faces: list[dict]) -> str:
+    """"12 faces (with_mask 8, without_mask 4)": the counts per label, when the model gives labels."""
+    counts = count_labels(faces)
+    labelled = ", ".join(f"{label} {n}" for label, n in counts.items() if label is not None)
+    return f"{len(faces)} faces" + (f" ({labelled})" if labelled else "")
 
 
 def quiet() -> None:

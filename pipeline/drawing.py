@@ -11,14 +11,22 @@ from pipeline.masks import boxes_to_mask
 
 RED, YELLOW, GREEN, WHITE, BLACK = (230, 30, 30), (255, 220, 0), (0, 200, 60), (255, 255, 255), (0, 0, 0)
 PANEL_HEIGHT = 480  # gallery panels are scaled up to at least this many pixels high, to be read at a glance
+# Box colours of mask-wearing labels: the usual names get the usual colours, others the next free one.
+LABEL_COLOURS = {"with_mask": (0, 200, 60), "without_mask": (255, 60, 200), "incorrect": (255, 150, 0)}
+SPARE_COLOURS = [(0, 160, 255), (180, 100, 255), (140, 255, 140), (255, 255, 140)]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray, caveat: str = "") -> np.ndarray:
-    """The image at its own size: predicted mask tinted red, face boxes yellow, a key in the corner
-    (and the caveat's first words, e.g. "synthetic demo", when the model has one)."""
+def overlay(image: np.ndarray, mask: np.ndarray, faces: list[dict], caveat: str = "") -> np.ndarray:
+    """The image at its own size: predicted mask tinted red, face boxes yellow or coloured by their
+    mask-wearing label, a key with the counts in the corner (and the caveat's first words, e.g.
+    "synthetic demo", when the model has one). `faces` as served: dicts with `box` and `label`."""
     out = _tint(image, mask, RED)
-    _rectangles(out, boxes, YELLOW)
-    lines = [[(f"{len(boxes)} faces", WHITE), ("  mask", RED), ("  box", YELLOW)]]
+    colours = label_colours(f["label"] for f in faces)
+    for f in faces:
+        _rectangles(out, np.array([f["box"]], np.float32), colours.get(f["label"], YELLOW))
+    counts = count_labels(faces)
+    lines = [[(f"{len(faces)} faces", WHITE), ("  mask", RED)] + ([("  box", YELLOW)] if None in counts else [])]
+    lines += [[(f"{label} {n}", colours[label])] for label, n in counts.items() if label is not None]
     if caveat:
         lines.append([(caveat.split(":")[0] + " model", WHITE)])
     scale = max(0.4, max(image.shape[:2]) / 1000)
@@ -26,6 +34,21 @@ def overlay(image: np.ndarray, mask: np.ndarray, boxes: np.ndarray, caveat: str 
     for line in lines:
         y = _text_line(out, line, 4, y, scale, background=BLACK)
     return out
+
+
+def label_colours(labels) -> dict:
+    """A colour per label name (stable for the usual names)."""
+    names = sorted({label for label in labels if label is not None})
+    spare = iter(c for c in SPARE_COLOURS if c not in LABEL_COLOURS.values())
+    return {name: LABEL_COLOURS.get(name) or next(spare, WHITE) for name in names}
+
+
+def count_labels(faces: list[dict]) -> dict:
+    """Faces per label, most frequent first (None: faces without a label)."""
+    counts: dict = {}
+    for f in faces:
+        counts[f["label"]] = counts.get(f["label"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def comparison(image: np.ndarray, true_boxes: np.ndarray, mask: np.ndarray, boxes: np.ndarray, dice: float,

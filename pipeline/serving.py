@@ -2,8 +2,11 @@
 
 Contract — input: DataFrame with column `image` (base64 JPEG or PNG). Output: one row per image
 with `mask` (base64 single-channel PNG, 0/255, the image's own size), `boxes` (JSON list of
-`[x1, y1, x2, y2, score]` in pixels), `n_faces` and `caveat` ("" for a real model; the synthetic
-demo says what it is). Params: `threshold`, `threshold_ratio`, `min_area`.
+`[x1, y1, x2, y2, score]` in pixels), `n_faces`, `caveat` ("" for a real model; the synthetic
+demo says what it is) and `faces` (JSON list, one object per face in the order of `boxes`:
+`{"box": [x1, y1, x2, y2], "score": s, "label": name or null, "label_score": p or null}`; the
+label is null for a model trained without mask-wearing labels). Params: `threshold`,
+`threshold_ratio`, `min_area`.
 
 Bad input rejects the whole request (HTTP 400 from `mlflow models serve`) with one message
 listing every bad image by index, so a client fixes them all in one go; no partial results.
@@ -28,6 +31,7 @@ from pipeline.inference import predict_probs
 from pipeline.masks import postprocess
 
 SERVED_FORMATS = ("JPEG", "PNG")
+OUTPUT_COLUMNS = ["mask", "boxes", "n_faces", "caveat", "faces"]
 
 
 class BadInput(MlflowException):
@@ -105,13 +109,15 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
     rows = []
     for prob in probs:
         mask, boxes = postprocess(prob, threshold, min_area, config.separate_faces, ratio)
+        boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]
         rows.append({
             "mask": encode_image(mask * 255),
-            "boxes": json.dumps([[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]),
+            "boxes": json.dumps(boxes),
             "n_faces": len(boxes),
             "caveat": config.caveat,
+            "faces": json.dumps([{"box": b[:4], "score": b[4], "label": None, "label_score": None} for b in boxes]),
         })
-    return pd.DataFrame(rows, columns=["mask", "boxes", "n_faces", "caveat"])
+    return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
 def _param(params: dict | None, name: str, default, kind: type):

@@ -20,7 +20,7 @@ from pipeline.synthetic import generate
 from tests.conftest import WIDERFACE
 from tests.pipeline_fixture import env
 
-pytestmark = pytest.mark.slow  # trains a model or starts a server
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("project")]  # serves the shared clone's model
 
 MODEL = "models:/face-segmenter@champion"
 
@@ -79,8 +79,11 @@ def test_served_masks_and_boxes_match_the_contract_and_in_process_predict(server
         for x1, y1, x2, y2, score in boxes:
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and 0 <= score <= 1
             assert mask[y1:y2, x1:x2].any()
+        faces = json.loads(row.faces)  # one object per face, in the order of boxes; no labels from this model
+        assert [f["box"] + [f["score"]] for f in faces] == boxes
+        assert all(f["label"] is None and f["label_score"] is None for f in faces)
         np.testing.assert_array_equal(mask, decode_mask(ref.mask))  # HTTP adds nothing, loses nothing
-        assert row.boxes == ref.boxes
+        assert row.boxes == ref.boxes and row.faces == ref.faces
 
 
 def test_boxes_fall_on_faces(server):
@@ -175,6 +178,7 @@ def test_client_cli_over_http_writes_overlays(server, tmp_path):
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["image"].rsplit("/", 1)[1] for line in lines] == ["p0.jpg", "p1.jpg", "p2.jpg"]
     assert all(line["n_faces"] == len(line["boxes"]) and line["caveat"].startswith("synthetic demo") for line in lines)
+    assert all([f["box"] + [f["score"]] for f in line["faces"]] == line["boxes"] for line in lines)
     assert "the model says it is a synthetic demo" in out.stderr and "cuda" not in out.stderr.lower()
     for i in range(3):
         drawn = cv2.imread(str(tmp_path / "overlays" / f"p{i}.png"))
@@ -214,7 +218,9 @@ def test_mlflow_models_predict_with_the_logged_serving_input_example(project, tm
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
-    assert len(predictions) == 1 and {"mask", "boxes", "n_faces"} <= set(predictions[0])
+    assert len(predictions) == 1 and set(predictions[0]) == {"mask", "boxes", "n_faces", "caveat", "faces"}
+    signature = mlflow.models.get_model_info(MODEL).signature
+    assert [c.name for c in signature.outputs.inputs] == ["mask", "boxes", "n_faces", "caveat", "faces"]
 
 
 def test_a_request_over_the_pixel_limit_is_refused_before_decoding(served):
@@ -264,3 +270,60 @@ def test_client_names_clashing_overlays_apart_and_fails_loudly_when_it_cannot_wr
     assert out.returncode == 1 and f"facemask: error: could not write {missing}" in out.stderr
     out = run(str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "a" / "x.jpg" / "o"))
     assert out.returncode == 1 and "facemask: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def write_video(path, frames: list[np.ndarray], fps: float = 5.0) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def read_video(path) -> tuple[list[np.ndarray], float]:
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1])
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return frames, fps
+
+
+def test_video_cli_annotates_every_frame_and_predicts_every_nth(server, tmp_path):
+    """A short video made from real image files: the annotated copy has every frame at the input's size
+    and rate, faces drawn where the JSON lines say; --stride 2 predicts frames 0, 2, 4, 6."""
+    stills = []
+    for i, s in enumerate(generate(7, 96, 96, 3, seed=11)):
+        cv2.imwrite(str(tmp_path / f"f{i}.jpg"), cv2.cvtColor(cv2.resize(s.image, (128, 96)), cv2.COLOR_RGB2BGR))
+        stills.append(cv2.imread(str(tmp_path / f"f{i}.jpg")))
+    write_video(tmp_path / "in.mp4", stills)
+    source, fps = read_video(tmp_path / "in.mp4")
+    assert len(source) == 7
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", str(tmp_path / "in.mp4"), "--url", server,
+                          "--out", str(tmp_path / "annotated.mp4"), "--stride", "2", "--json"],
+                         capture_output=True, text=True, env=env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["frame"] for line in lines] == [0, 2, 4, 6]
+    assert all(line["n_faces"] == len(line["faces"]) == len(line["boxes"]) for line in lines)
+    assert "7 frames (4 predicted)" in out.stderr and "frames/s" in out.stderr
+    annotated, out_fps = read_video(tmp_path / "annotated.mp4")
+    assert len(annotated) == 7 and out_fps == pytest.approx(fps)
+    assert all(a.shape == (96, 128, 3) for a in annotated)
+    assert not list(tmp_path.glob(".*partial*"))
+    drawn = [(line["frame"], face["box"]) for line in lines for face in line["faces"]]
+    assert drawn, "the tiny model found no face in any frame: nothing to check the drawing on"
+    for frame, (x1, y1, x2, y2) in drawn:  # the tinted mask and the box change the face, not just the codec's noise
+        change = np.abs(annotated[frame].astype(int) - source[frame].astype(int))[y1:y2, x1:x2].mean()
+        assert change > 10, (frame, change)
+
+
+def test_video_cli_says_what_it_cannot_open(server, tmp_path):
+    for source, message in [("7", "cannot open camera 7"), (str(tmp_path / "none.mp4"), "no such video file")]:
+        out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", source, "--url", server,
+                              "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, env=env(), timeout=120)
+        assert out.returncode == 1 and message in out.stderr, out.stderr[-2000:]
+        assert not (tmp_path / "x.mp4").exists()
+    (tmp_path / "not-a-video.mp4").write_bytes(b"\x00" * 100)
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", str(tmp_path / "not-a-video.mp4"), "--url", server],
+                         capture_output=True, text=True, env=env(), timeout=120)
+    assert out.returncode == 1 and "not-a-video.mp4" in out.stderr, out.stderr[-2000:]
