@@ -39,13 +39,32 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    source: Literal["synthetic", "images_npy", "yolo", "voc"]
+class SourceConfig:
+    type: Literal["synthetic", "images_npy", "yolo", "voc"]
     path: str | None
+
+    def __post_init__(self):
+        _check(self.type == "synthetic" or bool(self.path), "data.sources", f"a {self.type!r} source needs a path")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[SourceConfig, ...]
+    labels: dict[str, str]  # a source's box label (VOC <name>) -> mask-wearing class; empty: faces only
     synthetic: SyntheticConfig
 
     def __post_init__(self):
-        _check(self.source == "synthetic" or bool(self.path), "data.path", f"is required for data.source={self.source!r}")
+        _check(len(self.sources) > 0, "data.sources", "must list at least one source")
+
+    @property
+    def name(self) -> str:
+        """The sources' types, e.g. `yolo+voc`: what a run is trained on, at a glance."""
+        return "+".join(s.type for s in self.sources)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The mask-wearing classes, in a stable order; empty for a face-only model."""
+        return tuple(sorted(set(self.labels.values())))
 
 
 @dataclass(frozen=True)
@@ -208,7 +227,7 @@ class Params:
     @property
     def caveat(self) -> str:
         """What a user of a model trained with these params must know, or "" (a real model)."""
-        if self.data.source != "synthetic":
+        if all(s.type != "synthetic" for s in self.data.sources):
             return ""
         weights = "ImageNet weights" if self.model.pretrained else "random weights"
         return f"synthetic demo: trained on generated scenes from {weights}, not a face model"
@@ -278,6 +297,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if value in get_args(hint):
             return value
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
+    if origin is dict:
+        key_type, value_type = get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is not {_describe(hint)}")
+        return {_convert(k, key_type, f"{where} key"): _convert(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = get_args(hint)
         if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
@@ -298,6 +322,8 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(h) for h in get_args(hint))
     if origin is Literal:
         return " or ".join(map(repr, get_args(hint)))
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
     if origin is tuple:
         args = get_args(hint)
         return f"a list of {_describe(args[0])}s" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
@@ -382,7 +408,7 @@ def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:
             out[name] = value

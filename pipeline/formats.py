@@ -1,8 +1,9 @@
 """Readers for face-box datasets and the normalised on-disk form every later stage reads.
 
-Every source yields `Sample`s: an RGB uint8 image and its face boxes as `[x1, y1, x2, y2]` in
-pixels. Input quirks are repaired and counted in a `Report`, never silently; malformed input
-raises `FormatError` naming the file, row and field.
+Every source yields `Sample`s: an RGB uint8 image, its face boxes as `[x1, y1, x2, y2]` in
+pixels and each face's mask-wearing class (None where the source has no labels). Input quirks
+are repaired and counted in a `Report`, never silently; malformed input raises `FormatError`
+naming the file, row and field.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class Sample:
     image_id: str
     image: np.ndarray  # H x W x 3, uint8, RGB
     boxes: np.ndarray  # N x 4, float32, pixel x1 y1 x2 y2
+    labels: list[str | None] | None = None  # one class per box; None: a face without a label (never "without mask")
+
+    def __post_init__(self):
+        if self.labels is None:
+            self.labels = [None] * len(self.boxes)
+        if len(self.labels) != len(self.boxes):
+            raise ValueError(f"{self.image_id}: {len(self.labels)} labels for {len(self.boxes)} boxes")
 
     @property
     def height(self) -> int:
@@ -80,9 +88,14 @@ def to_rgb(image: np.ndarray, where: str, report: Report) -> np.ndarray:
 
 def repair_boxes(boxes: np.ndarray, width: int, height: int, report: Report) -> np.ndarray:
     """Fix corner order, clip to the image, drop boxes left with no area; count each repair."""
+    return _repair(boxes, width, height, report)[0]
+
+
+def _repair(boxes: np.ndarray, width: int, height: int, report: Report) -> tuple[np.ndarray, np.ndarray]:
+    """`repair_boxes`, and which of the input boxes were kept (for their labels)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if len(boxes) == 0:
-        return boxes
+        return boxes, np.zeros(0, bool)
     swapped = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])
     report.add("corner_order_fixed", int(swapped.sum()))
     boxes = np.stack(
@@ -101,7 +114,7 @@ def repair_boxes(boxes: np.ndarray, width: int, height: int, report: Report) -> 
     report.add("box_clipped", int((np.abs(clipped - boxes) > 1e-6).any(axis=1).sum()))
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     report.add("zero_area_box_dropped", int((~keep).sum()))
-    return clipped[keep]
+    return clipped[keep], keep
 
 
 def read_images_npy(path: str | os.PathLike, report: Report, limits: Limits) -> list[Sample]:
@@ -198,9 +211,12 @@ def _yolo_box(fields: list[str], width: int, height: int, where: str) -> list[fl
     return [(cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height]
 
 
-def read_voc_folder(path: str | os.PathLike, report: Report, limits: Limits) -> list[Sample]:
+def read_voc_folder(path: str | os.PathLike, report: Report, limits: Limits, classes: dict[str, str] | None = None
+                    ) -> list[Sample]:
     """Pascal VOC: `Annotations/<name>.xml` (one `<object>` per face, `<bndbox>` in pixels) and
-    `JPEGImages/<filename>`. Face boxes only; each object's `<name>` is counted in `report.labels`.
+    `JPEGImages/<filename>`. Each object's `<name>` is counted in `report.labels`; with `classes`
+    (`data.labels`: name -> class) it becomes the face's class, and a name not in it is an error
+    naming file and object. Without, the faces carry no class.
 
     Stray text inside an annotation (real VOC files carry such debris) is ignored and counted;
     an entity declaration is refused (no entity expansion from a data file).
@@ -222,8 +238,13 @@ def read_voc_folder(path: str | os.PathLike, report: Report, limits: Limits) -> 
         image = read_image_file(file, report, limits)
         h, w = image.shape[:2]
         report.labels.update(label for label, _ in objects)
-        boxes = np.array([box for _, box in objects])
-        samples.append(Sample(xml.stem, image, repair_boxes(boxes, w, h, report)))
+        for i, (label, _) in enumerate(objects):
+            if classes and label not in classes:
+                raise FormatError(f"{xml} <object> {i} <name>: {label!r} is not in data.labels "
+                                  f"({', '.join(sorted(classes))}); add it there")
+        boxes, kept = _repair(np.array([box for _, box in objects]), w, h, report)
+        labels = [classes[label] if classes else None for (label, _), keep in zip(objects, kept) if keep]
+        samples.append(Sample(xml.stem, image, boxes, labels))
     report.add("image_without_annotation",
                sum(1 for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in named))
     return samples
@@ -277,11 +298,13 @@ def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:
 # --- the normalised form written by the extract stage -------------------------------------
 
 def to_tables(samples: list[Sample]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images, boxes) tables: image_id, width, height, n_faces / image_id, x1, y1, x2, y2."""
+    """(images, boxes) tables: image_id, width, height, n_faces / image_id, x1, y1, x2, y2, label
+    (empty for a face without a class)."""
     images = pd.DataFrame([{"image_id": s.image_id, "width": s.width, "height": s.height, "n_faces": len(s.boxes)}
                            for s in samples], columns=["image_id", "width", "height", "n_faces"])
-    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]} for s in samples for b in s.boxes],
-                         columns=["image_id", "x1", "y1", "x2", "y2"])
+    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": label or ""}
+                          for s in samples for b, label in zip(s.boxes, s.labels)],
+                         columns=["image_id", "x1", "y1", "x2", "y2", "label"])
     return images, boxes
 
 
@@ -301,7 +324,9 @@ def write_dataset(samples: list[Sample], out_dir: str | os.PathLike, masks: list
 def read_table(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images, boxes) tables of an extracted dataset."""
     data_dir = Path(data_dir)
-    return pd.read_csv(data_dir / "images.csv", dtype={"image_id": str}), pd.read_csv(data_dir / "boxes.csv", dtype={"image_id": str})
+    images = pd.read_csv(data_dir / "images.csv", dtype={"image_id": str})
+    boxes = pd.read_csv(data_dir / "boxes.csv", dtype={"image_id": str, "label": str}, keep_default_na=False)
+    return images, boxes
 
 
 def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None) -> list[Sample]:
@@ -309,13 +334,16 @@ def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None
     data_dir = Path(data_dir)
     images, boxes = read_table(data_dir)
     ids = list(images["image_id"]) if image_ids is None else list(image_ids)
-    by_id = {k: g[["x1", "y1", "x2", "y2"]].to_numpy(np.float32) for k, g in boxes.groupby("image_id")}
+    by_id = {k: g for k, g in boxes.groupby("image_id")}
+    empty = boxes.iloc[:0]
     samples = []
     for image_id in ids:
         image = cv2.imread(str(data_dir / "images" / f"{image_id}.png"), cv2.IMREAD_COLOR)
         if image is None:
             raise FormatError(f"{data_dir}/images/{image_id}.png: missing or unreadable")
-        samples.append(Sample(image_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), by_id.get(image_id, np.zeros((0, 4), np.float32))))
+        faces = by_id.get(image_id, empty)
+        samples.append(Sample(image_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
+                              [label or None for label in faces["label"]]))
     return samples
 
 
@@ -331,4 +359,6 @@ def fingerprint(samples: list[Sample]) -> str:
         h.update(s.image_id.encode())
         h.update(np.ascontiguousarray(s.image).tobytes())
         h.update(np.round(s.boxes, 2).astype(np.float32).tobytes())
+        if any(s.labels):  # faces without classes hash as before labels existed
+            h.update("\0".join(label or "" for label in s.labels).encode())
     return h.hexdigest()[:16]

@@ -109,13 +109,13 @@ def _git_head() -> str | None:
 
 def run_name(params: Params) -> str:
     """The DVC experiment's name, else the preset and data source: runs tell apart at a glance."""
-    return os.environ.get("DVC_EXP_NAME") or f"{params.preset}-{params.data.source}"
+    return os.environ.get("DVC_EXP_NAME") or f"{params.preset}-{params.data.name}"
 
 
 def describe_run(params: Params, baseline: dict | None, commit: str | None) -> str:
     """The run's description (the UI's Description box): data, weights, preset, what changed."""
     lines = [f"Caveat: {params.caveat}." if params.caveat else "",
-             f"Data: {params.data.source}" + (f" ({params.data.path})" if params.data.path else "") + ".",
+             "Data: " + " + ".join(s.type + (f" ({s.path})" if s.path else "") for s in params.data.sources) + ".",
              f"Encoder weights: {params.model.weights}; preset: {params.preset}."]
     if baseline is None:
         lines.append("No baseline params to compare with (not a git checkout).")

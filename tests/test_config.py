@@ -41,6 +41,12 @@ def raw(**changes) -> dict:
     ({"train__use_val": True, "train__patience": 0}, "evaluate.threshold: must be set with train.use_val"),
     ({"train__warmup_epochs": 0, "train__finetune_epochs": 0}, "nothing to train"),
     ({"export__limits": {"min_side": 8, "max_side": 4096}}, "params.yaml.export.limits: missing keys max_bytes, max_images"),
+    ({"data__sources": []}, "data.sources: must list at least one source"),
+    ({"data__sources": [{"type": "voc", "path": None}]}, "data.sources: a 'voc' source needs a path"),
+    ({"data__sources": [{"type": "voc", "pth": "x"}]}, "params.yaml.data.sources[0]: unknown key pth (a typo?)"),
+    ({"data__sources": [{"type": "coco", "path": "x"}]}, "data.sources[0].type: 'coco' is not one of 'synthetic'"),
+    ({"data__labels": {"with_mask": 1}}, "params.yaml.data.labels.with_mask: 1 is not a string"),
+    ({"data__labels": ["with_mask"]}, "params.yaml.data.labels: ['with_mask'] is not a mapping"),
 ])
 def test_bad_settings_are_errors_naming_the_key(changes, message):
     with pytest.raises(ConfigError) as err:

@@ -224,6 +224,52 @@ def test_voc_folder_reads_face_boxes_counts_labels_debris_and_unannotated_images
     np.testing.assert_allclose(b.boxes, [[0, 0, 60, 40]])
     assert report.labels == {"with_mask": 1, "without_mask": 1, "mask_weared_incorrect": 1}
     assert report.counts == {"stray_text_in_annotation": 2, "box_clipped": 1, "image_without_annotation": 1}
+    assert a.labels == [None, None] and b.labels == [None]  # no data.labels: faces only
+
+
+CLASSES = {"with_mask": "with_mask", "without_mask": "without_mask", "mask_weared_incorrect": "incorrect"}
+
+
+def test_voc_labels_become_classes_through_the_mapping_and_survive_box_repairs(tmp_path):
+    root = voc_folder(tmp_path, {
+        "a.xml": voc_xml("a.jpg", [("with_mask", (10, 5, 30, 25)), ("without_mask", (90, 10, 95, 60)),  # outside: dropped
+                                   ("mask_weared_incorrect", (40, 10, 70, 60))]),
+    }, {"a.jpg": (64, 80)})
+    report = Report()
+    (a,) = formats.read_voc_folder(root, report, LIMITS, CLASSES)
+    np.testing.assert_allclose(a.boxes, [[10, 5, 30, 25], [40, 10, 70, 60]])
+    assert a.labels == ["with_mask", "incorrect"] and report.counts["zero_area_box_dropped"] == 1
+    write_dataset([a], tmp_path / "out", [boxes_to_mask(a.boxes, a.height, a.width)])
+    (loaded,) = load_samples(tmp_path / "out")
+    assert loaded.labels == ["with_mask", "incorrect"]
+    assert formats.fingerprint([loaded]) != formats.fingerprint([formats.Sample("a", a.image, a.boxes)])
+
+
+def test_a_label_missing_from_the_mapping_names_file_and_object(tmp_path):
+    root = voc_folder(tmp_path, {"a.xml": voc_xml("a.jpg", [("with_mask", (1, 1, 9, 9)), ("mask", (2, 2, 8, 8))])},
+                      {"a.jpg": (20, 20)})
+    with pytest.raises(FormatError, match=re.escape("a.xml <object> 1 <name>: 'mask' is not in data.labels")):
+        formats.read_voc_folder(root, Report(), LIMITS, CLASSES)
+
+
+def test_several_sources_are_read_in_order_with_ids_kept_apart(tmp_path):
+    """A labelled VOC folder and an unlabelled course file: their faces are trained on together,
+    only the VOC faces carry classes, and equal file names stay two images."""
+    from pipeline.config import DataConfig, SourceConfig
+    from pipeline.sources import read_sources
+
+    voc = voc_folder(tmp_path / "voc", {"row00000.xml": voc_xml("x.jpg", [("without_mask", (1, 1, 9, 9))])}, {"x.jpg": (20, 20)})
+    npy = save(tmp_path, [(np.zeros((12, 16, 3), np.uint8), [face(0.1, 0.2, 0.5, 0.6)])])
+    cfg = DataConfig(sources=(SourceConfig("voc", str(voc)), SourceConfig("images_npy", str(npy))), labels=CLASSES,
+                     synthetic=None)
+    samples, summary = read_sources(cfg, Report(), LIMITS)
+    assert [s.image_id for s in samples] == ["s0-row00000", "s1-row00000"]
+    assert [s.labels for s in samples] == [["without_mask"], [None]]
+    assert summary == [{"type": "voc", "path": str(voc), "n_images": 1, "n_faces": 1, "classes": {"without_mask": 1}},
+                       {"type": "images_npy", "path": str(npy), "n_images": 1, "n_faces": 1, "classes": {}}]
+    assert cfg.name == "voc+images_npy" and cfg.classes == ("incorrect", "with_mask", "without_mask")
+    single, _ = read_sources(DataConfig(sources=cfg.sources[1:], labels={}, synthetic=None), Report(), LIMITS)
+    assert [s.image_id for s in single] == ["row00000"]  # one source keeps its ids
 
 
 @pytest.mark.parametrize("text, message", [
