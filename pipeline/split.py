@@ -1,4 +1,4 @@
-"""Seeded train/val/test split, stratified by face count and face size."""
+"""Seeded train/val/test split, stratified by face count, face size and mask-wearing class."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ log = logging.getLogger(__name__)
 
 
 def strata(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.Series:
-    """One label per image: face-count bucket x median-face-size bucket."""
+    """One label per image: face-count bucket x median-face-size bucket, and, where faces carry
+    mask-wearing classes, the image's rarest class (so the 3% `incorrect` faces reach every split)."""
     b = boxes.assign(rel=np.sqrt((boxes.x2 - boxes.x1) * (boxes.y2 - boxes.y1)))
     size = b.groupby("image_id")["rel"].median()
     img = images.set_index("image_id")
     rel = (size.reindex(img.index) / np.sqrt(img.width * img.height)).fillna(0)
     count = pd.cut(img.n_faces, [-1, 0, 2, 6, np.inf], labels=["0", "1-2", "3-6", "7+"]).astype(str)
     size_label = np.where(img.n_faces == 0, "none", np.where(rel < 0.1, "small", "large"))
-    return pd.Series(count + "/" + size_label, index=img.index)
+    out = pd.Series(count + "/" + size_label, index=img.index)
+    labelled = b[b["label"] != ""] if "label" in b else b.iloc[:0]
+    if len(labelled):
+        rarity = labelled["label"].map(labelled["label"].value_counts())
+        rarest = labelled.loc[rarity.groupby(labelled["image_id"]).idxmin()].set_index("image_id")["label"]
+        out = out + "/" + rarest.reindex(img.index).fillna("none")
+    return out
 
 
 def _mergeable(labels: pd.Series, min_count: int) -> pd.Series:

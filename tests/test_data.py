@@ -68,3 +68,16 @@ def test_split_is_seeded_stratified_and_disjoint(rng):
     faces = images.set_index("image_id").n_faces
     by_split = a.assign(f=a.image_id.map(faces)).groupby("split").f.mean()
     assert by_split.max() - by_split.min() < 1.5  # face counts balanced across splits
+    assert split_dataset(images, boxes.assign(label=""), 0.15, 0.15, seed=1).equals(a)  # faces without classes: as before
+
+
+def test_split_spreads_a_rare_class_over_every_split(rng):
+    """Mask-wearing classes stratify too: 12 of 120 images hold the rare class; each split gets its share."""
+    n = 120
+    images = pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "width": 100, "height": 100, "n_faces": 2})
+    labels = ["incorrect" if i % 10 == 0 else "with_mask" for i in range(n)]
+    boxes = pd.DataFrame([{"image_id": f"i{i}", "x1": 0, "y1": 0, "x2": 20, "y2": 20, "label": label}
+                          for i, rare in enumerate(labels) for label in (rare, "with_mask")])
+    split = split_dataset(images, boxes, 0.15, 0.15, seed=3)
+    rare = split[split.image_id.isin([f"i{i}" for i in range(0, n, 10)])]
+    assert rare["split"].value_counts().to_dict() == {"train": 8, "val": 2, "test": 2}
