@@ -55,6 +55,32 @@ def match_boxes(pred: np.ndarray, true: np.ndarray, min_iou: float = 0.5) -> tup
     return true_hit, pred_hit
 
 
+def average_precision(pred_boxes: list[np.ndarray], true_boxes: list[np.ndarray], min_iou: float = 0.5) -> float:
+    """AP at `min_iou` over a data set, Pascal VOC style (all-point interpolation): the standard
+    detection figure. `pred_boxes` rows are `x1 y1 x2 y2 score`; detections of all images are taken
+    by falling score, each matching the unmatched true box it overlaps most, else a false positive.
+    """
+    n_true = sum(len(t) for t in true_boxes)
+    detections = [(float(b[4]), i, np.asarray(b[:4], np.float64)) for i, boxes in enumerate(pred_boxes) for b in boxes]
+    if n_true == 0:
+        return 1.0 if not detections else 0.0
+    detections.sort(key=lambda d: -d[0])
+    taken = [np.zeros(len(t), bool) for t in true_boxes]
+    hit = np.zeros(len(detections), bool)
+    for k, (_, i, box) in enumerate(detections):
+        if len(true_boxes[i]):
+            ious = box_iou(box[None], true_boxes[i])[0]
+            j = int(np.argmax(np.where(taken[i], -1.0, ious)))
+            if ious[j] >= min_iou and not taken[i][j]:
+                taken[i][j] = hit[k] = True
+    tp = np.cumsum(hit)
+    recall = np.concatenate([[0.0], tp / n_true, [1.0]])
+    precision = np.concatenate([[1.0], tp / np.arange(1, len(hit) + 1), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: best precision at this recall or more
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
 def size_bucket(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bucket name per box by sqrt(box area / image area)."""
     b = np.asarray(boxes, np.float64)[:, :4].reshape(-1, 4)
@@ -70,7 +96,8 @@ def evaluate_masks(
     true_boxes: list[np.ndarray],
     min_iou: float = 0.5,
 ) -> dict[str, float]:
-    """Mean per-image dice/IoU, pooled dice, pixel precision/recall, face recall/precision by size."""
+    """Mean per-image dice/IoU, pooled dice, pixel precision/recall, face recall/precision by size,
+    and AP@0.5 of the boxes (as served: above the evaluated threshold)."""
     dices = [mask_dice(p, t) for p, t in zip(preds, trues, strict=True)]
     ious = [mask_iou(p, t) for p, t in zip(preds, trues, strict=True)]
     tp, fp, fn = np.sum([pixel_counts(p, t) for p, t in zip(preds, trues)], axis=0)
@@ -82,6 +109,7 @@ def evaluate_masks(
         "pooled_dice": _ratio(2 * tp, 2 * tp + fp + fn),
         "pixel_precision": _ratio(tp, tp + fp),
         "pixel_recall": _ratio(tp, tp + fn),
+        "ap50": average_precision(pred_boxes, true_boxes, min_iou),
     }
     hits = {name: [0, 0, 0, 0] for name in ["all", *SIZE_BUCKETS]}  # true hit, true n, pred hit, pred n
     for pb, tb, mask in zip(pred_boxes, true_boxes, trues):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.masks import boxes_to_mask, image_threshold, postprocess
-from pipeline.metrics import box_iou, evaluate_masks, mask_dice, mask_iou, match_boxes, size_bucket
+from pipeline.metrics import average_precision, box_iou, evaluate_masks, mask_dice, mask_iou, match_boxes, size_bucket
 
 
 def test_boxes_to_mask_fills_pixel_centres():
@@ -86,3 +86,16 @@ def test_evaluate_masks_pooled_and_face_level():
     assert m["face_recall"] == 1.0 and m["face_precision"] == 0.5 and m["n_faces"] == 1
     assert m["face_recall_medium"] == 1.0 and m["n_faces_small"] == 0
 
+
+
+def test_average_precision_by_hand():
+    """VOC all-point AP: a hit, a miss elsewhere, a duplicate (false positive), a hit; one face never found.
+    Recall reaches 1/3 at precision 1, then 2/3 at precision 1/2: AP = 1/3 + 1/3 * 1/2."""
+    truth = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([[0, 0, 10, 10]], np.float32)]
+    a = np.array([[0, 0, 10, 10, 0.9], [0, 0, 10, 10, 0.7]], np.float32)
+    b = np.array([[50, 50, 60, 60, 0.8], [0, 0, 10, 10, 0.6]], np.float32)
+    assert average_precision([a, b], truth) == pytest.approx(0.5)
+    perfect = [np.c_[t, np.full(len(t), 0.5)] for t in truth]
+    assert average_precision(perfect, truth) == pytest.approx(1.0)
+    assert average_precision([np.zeros((0, 5)), np.zeros((0, 5))], truth) == 0.0
+    assert average_precision([b[:1], np.zeros((0, 5))], [np.zeros((0, 4)), np.zeros((0, 4))]) == 0.0  # nothing to find
