@@ -41,24 +41,37 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def match_boxes(pred: np.ndarray, true: np.ndarray, min_iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy one-to-one matching by IoU: (true_matched, pred_matched) boolean arrays."""
-    true_hit, pred_hit = np.zeros(len(true), bool), np.zeros(len(pred), bool)
+def match_pairs(pred: np.ndarray, true: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by IoU: (pred index, true index) pairs, best overlaps first."""
+    pairs, pred_taken, true_taken = [], set(), set()
     if len(true) and len(pred):
         ious = box_iou(pred, true)
         for flat in np.argsort(-ious, axis=None):
-            i, j = np.unravel_index(flat, ious.shape)
+            i, j = (int(v) for v in np.unravel_index(flat, ious.shape))
             if ious[i, j] < min_iou:
                 break
-            if not pred_hit[i] and not true_hit[j]:
-                pred_hit[i] = true_hit[j] = True
+            if i not in pred_taken and j not in true_taken:
+                pred_taken.add(i)
+                true_taken.add(j)
+                pairs.append((i, j))
+    return pairs
+
+
+def match_boxes(pred: np.ndarray, true: np.ndarray, min_iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy one-to-one matching by IoU: (true_matched, pred_matched) boolean arrays."""
+    true_hit, pred_hit = np.zeros(len(true), bool), np.zeros(len(pred), bool)
+    for i, j in match_pairs(pred, true, min_iou):
+        pred_hit[i] = true_hit[j] = True
     return true_hit, pred_hit
 
 
-def average_precision(pred_boxes: list[np.ndarray], true_boxes: list[np.ndarray], min_iou: float = 0.5) -> float:
+def average_precision(pred_boxes: list[np.ndarray], true_boxes: list[np.ndarray], min_iou: float = 0.5,
+                      ignore: list[np.ndarray] | None = None) -> float:
     """AP at `min_iou` over a data set, Pascal VOC style (all-point interpolation): the standard
     detection figure. `pred_boxes` rows are `x1 y1 x2 y2 score`; detections of all images are taken
     by falling score, each matching the unmatched true box it overlaps most, else a false positive.
+    A detection that matches nothing but an `ignore` box (a face whose class is unknown, when
+    scoring one class) counts neither way, as VOC treats its "difficult" objects.
     """
     n_true = sum(len(t) for t in true_boxes)
     detections = [(float(b[4]), i, np.asarray(b[:4], np.float64)) for i, boxes in enumerate(pred_boxes) for b in boxes]
@@ -66,19 +79,54 @@ def average_precision(pred_boxes: list[np.ndarray], true_boxes: list[np.ndarray]
         return 1.0 if not detections else 0.0
     detections.sort(key=lambda d: -d[0])
     taken = [np.zeros(len(t), bool) for t in true_boxes]
-    hit = np.zeros(len(detections), bool)
+    hit, counted = np.zeros(len(detections), bool), np.ones(len(detections), bool)
     for k, (_, i, box) in enumerate(detections):
         if len(true_boxes[i]):
             ious = box_iou(box[None], true_boxes[i])[0]
             j = int(np.argmax(np.where(taken[i], -1.0, ious)))
             if ious[j] >= min_iou and not taken[i][j]:
                 taken[i][j] = hit[k] = True
+        if not hit[k] and ignore is not None and len(ignore[i]):
+            counted[k] = box_iou(box[None], ignore[i]).max() < min_iou
+    hit = hit[counted]
     tp = np.cumsum(hit)
     recall = np.concatenate([[0.0], tp / n_true, [1.0]])
     precision = np.concatenate([[1.0], tp / np.arange(1, len(hit) + 1), [0.0]])
     precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope: best precision at this recall or more
     steps = np.flatnonzero(recall[1:] != recall[:-1])
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def mask_wearing_report(pred_boxes: list[np.ndarray], pred_labels: list[list], true_boxes: list[np.ndarray],
+                        true_labels: list[list], classes: tuple[str, ...], min_iou: float = 0.5) -> tuple[dict, np.ndarray]:
+    """How well faces are labelled: (metrics, confusion matrix).
+
+    The confusion matrix (rows: true class, columns: predicted, in `classes` order) and per-class
+    precision, recall and F1 count the faces found (matched at `min_iou`) whose true class is
+    known (scikit-learn's definitions; 0 where a class is never predicted or present); macro-F1
+    averages the classes that occur there. Per-class AP@0.5 ranks the faces labelled with a class by
+    detection score x label score (`pred_boxes` rows `x1 y1 x2 y2 score`, `pred_labels` items
+    `(label, label_score)`), true faces without a class ignored; mAP@0.5 is their mean.
+    """
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    found = [(tl[j], pl[i][0]) for pb, pl, tb, tl in zip(pred_boxes, pred_labels, true_boxes, true_labels, strict=True)
+             for i, j in match_pairs(pb, tb, min_iou) if tl[j] is not None and pl[i][0] is not None]
+    y_true, y_pred = [t for t, _ in found], [p for _, p in found]
+    confusion = confusion_matrix(y_true, y_pred, labels=list(classes)) if found else np.zeros((len(classes),) * 2, np.int64)
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=list(classes), zero_division=0)
+    out: dict[str, float] = {}
+    for k, c in enumerate(classes):
+        scored = [np.array([[*b[:4], b[4] * s] for b, (label, s) in zip(pb, pl) if label == c], np.float64).reshape(-1, 5)
+                  for pb, pl in zip(pred_boxes, pred_labels)]
+        truth = [np.asarray(tb, np.float64)[[label == c for label in tl]].reshape(-1, 4) for tb, tl in zip(true_boxes, true_labels)]
+        unknown = [np.asarray(tb, np.float64)[[label is None for label in tl]].reshape(-1, 4) for tb, tl in zip(true_boxes, true_labels)]
+        out.update({f"precision_{c}": float(precision[k]), f"recall_{c}": float(recall[k]), f"f1_{c}": float(f1[k]),
+                    f"ap50_{c}": average_precision(scored, truth, min_iou, ignore=unknown)})
+    out.update(macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if found else 0.0,
+               map50=float(np.mean([out[f"ap50_{c}"] for c in classes])),
+               label_accuracy=float(np.trace(confusion) / confusion.sum()) if found else 0.0)
+    return out, confusion
 
 
 def size_bucket(boxes: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pipeline.masks import boxes_to_mask, image_threshold, postprocess
-from pipeline.metrics import average_precision, box_iou, evaluate_masks, mask_dice, mask_iou, match_boxes, size_bucket
+from pipeline.metrics import (average_precision, box_iou, evaluate_masks, mask_dice, mask_iou, mask_wearing_report, match_boxes,
+                              size_bucket)
 
 
 def test_boxes_to_mask_fills_pixel_centres():
@@ -99,3 +100,27 @@ def test_average_precision_by_hand():
     assert average_precision(perfect, truth) == pytest.approx(1.0)
     assert average_precision([np.zeros((0, 5)), np.zeros((0, 5))], truth) == 0.0
     assert average_precision([b[:1], np.zeros((0, 5))], [np.zeros((0, 4)), np.zeros((0, 4))]) == 0.0  # nothing to find
+    unknown = np.array([[0, 0, 10, 10]], np.float32)  # a face whose class is not known, found first
+    ranked = [np.array([[0, 0, 10, 10, 0.9], [20, 20, 30, 30, 0.8]], np.float32)]
+    assert average_precision(ranked, [truth[0][1:]]) == pytest.approx(0.5)
+    assert average_precision(ranked, [truth[0][1:]], ignore=[unknown]) == pytest.approx(1.0)  # neither hit nor miss
+
+
+def test_mask_wearing_report_by_hand():
+    """Found faces with a known class fill the confusion matrix; a face without a class counts nowhere;
+    per-class AP ranks by detection score x label score."""
+    classes = ("incorrect", "with_mask", "without_mask")
+    true_boxes = [np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], np.float32), np.array([[0, 0, 10, 10]], np.float32)]
+    true_labels = [["with_mask", "without_mask", None], ["incorrect"]]
+    pred_boxes = [np.array([[0, 0, 10, 10, 0.9], [20, 0, 30, 10, 0.8], [40, 0, 50, 10, 0.7], [60, 0, 70, 10, 0.5]], np.float32),
+                  np.zeros((0, 5), np.float32)]
+    pred_labels = [[("with_mask", 0.8), ("with_mask", 0.6), ("without_mask", 0.9), ("without_mask", 0.5)], []]
+    report, confusion = mask_wearing_report(pred_boxes, pred_labels, true_boxes, true_labels, classes)
+    np.testing.assert_array_equal(confusion, [[0, 0, 0], [0, 1, 0], [0, 1, 0]])  # rows true, columns predicted
+    assert report["precision_with_mask"] == 0.5 and report["recall_with_mask"] == 1.0
+    assert report["f1_with_mask"] == pytest.approx(2 / 3) and report["f1_without_mask"] == 0.0
+    assert report["f1_incorrect"] == 0.0  # its one face was never found: no evidence either way
+    assert report["macro_f1"] == pytest.approx((2 / 3 + 0) / 2) and report["label_accuracy"] == 0.5  # classes that occur
+    assert report["ap50_with_mask"] == pytest.approx(1.0)  # its one true face ranked first; the mislabelled one after
+    assert report["ap50_without_mask"] == 0.0 and report["ap50_incorrect"] == 0.0
+    assert report["map50"] == pytest.approx(1 / 3)
