@@ -248,6 +248,7 @@ class ServingConfig:
     test_dice: float
     limits: Limits
     caveat: str  # returned with every prediction when not "" (the synthetic demo says so)
+    classes: tuple[str, ...] = ()  # the mask-wearing classes the model labels faces with; () for a face-only model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,14 +273,15 @@ def build(cls, values: Any, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown, missing = sorted(set(values) - set(fields)), [n for n in fields if n not in values]
+    unknown = sorted(set(values) - set(fields))
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING]
     if unknown:
         raise ConfigError(f"{where}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)} (a typo?); "
                           f"known: {', '.join(fields)}")
     if missing:
         raise ConfigError(f"{where}: missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
     hints = get_type_hints(cls)
-    return cls(**{name: _convert(values[name], hints[name], f"{where}.{name}") for name in fields})
+    return cls(**{name: _convert(values[name], hints[name], f"{where}.{name}") for name in fields if name in values})
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:

@@ -21,19 +21,22 @@ def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def to_arrays(samples: list[Sample], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N x s x s x 3, masks float32 N x s x s x 1).
+def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N x s x s x 3, targets float32 N x s x s x (1 + len(classes))).
 
-    Masks are resized by area, so a face smaller than a model pixel remains as a fractional
-    target instead of vanishing.
+    Channel 0 is the face mask; with `classes`, channel 1 + k covers the faces of class k (faces
+    without a class are in channel 0 only). Targets are resized by area, so a face smaller than a
+    model pixel remains as a fractional target instead of vanishing.
     """
     x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
-    y = [
-        cv2.resize(boxes_to_mask(s.boxes, s.height, s.width).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-        for s in samples
-    ]
-    y = np.stack(y)[..., None] if y else np.zeros((0, size, size, 1), np.float32)
-    return x, y
+    y = [np.stack([_resized(s.boxes, s, size)] + [_resized(s.boxes[[label == c for label in s.labels]], s, size)
+                                                   for c in classes], axis=-1) for s in samples]
+    return x, np.stack(y) if y else np.zeros((0, size, size, 1 + len(classes)), np.float32)
+
+
+def _resized(boxes: np.ndarray, sample: Sample, size: int) -> np.ndarray:
+    mask = boxes_to_mask(boxes.reshape(-1, 4), sample.height, sample.width).astype(np.float32)
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: AugmentConfig | None, seed: int,

@@ -7,9 +7,9 @@ import pandas as pd
 
 from pipeline.config import EvaluateConfig
 from pipeline.formats import Sample, fingerprint
-from pipeline.inference import predict_probs, tta_sizes
-from pipeline.masks import boxes_to_mask, postprocess
-from pipeline.metrics import evaluate_masks, mask_dice, pixel_counts
+from pipeline.inference import face_probability, predict_probs, tta_sizes
+from pipeline.masks import boxes_to_mask, label_faces, postprocess
+from pipeline.metrics import evaluate_masks, mask_dice, mask_wearing_report, pixel_counts
 
 
 def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int,
@@ -18,7 +18,7 @@ def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: 
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     rows = []
     for t in thresholds:
-        masks = [postprocess(p, float(t), min_area, ratio=ratio)[0] for p in probs]
+        masks = [postprocess(face_probability(p), float(t), min_area, ratio=ratio)[0] for p in probs]
         tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
         rows.append({
             "threshold": round(float(t), 4),
@@ -35,15 +35,22 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
-             separate: bool = False, ratio: float = 0.0) -> tuple[dict, list]:
-    """Test metrics and the (mask, boxes) predictions they were computed from."""
-    preds = [postprocess(p, threshold, min_area, separate, ratio) for p in probs]
+             separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = ()) -> tuple[dict, list]:
+    """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
+    how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list)."""
+    preds = [postprocess(face_probability(p), threshold, min_area, separate, ratio) for p in probs]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
+    if classes:
+        labels = [label_faces(p[..., 1:], m, b, classes) for p, (m, b) in zip(probs, preds)]
+        report, confusion = mask_wearing_report([b for _, b in preds], labels, [s.boxes for s in samples],
+                                                [s.labels for s in samples], classes)
+        metrics.update(report, confusion=confusion.tolist())
     return metrics, preds
 
 
-def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int):
+def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int,
+                   classes: tuple[str, ...] = ()):
     """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
@@ -54,6 +61,6 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=cfg.flip_tta)  # noqa: E731
     table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio)
     threshold = choose_threshold(table) if cfg.threshold is None else cfg.threshold
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio)
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds

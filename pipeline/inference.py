@@ -23,16 +23,23 @@ def predict_probs(model, images: list[np.ndarray], sizes: Sequence[int], batch_s
 
     Several sides and `flip` (the mirrored image too) are test-time augmentation: small faces
     are found more often at a larger side, and averaging smooths the map's boundaries.
+    Maps are H x W (face probability), or H x W x (1 + classes) for a model that labels faces.
     """
-    out = [np.zeros(im.shape[:2], np.float32) for im in images]
+    out: list = [0.0] * len(images)
     n = len(sizes) * (2 if flip else 1)
     for size in sizes:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             x = np.stack([to_model_input(im, size) for im in chunk]).astype(np.float32)
-            probs = np.asarray(model.predict_on_batch(x))[..., 0]
+            probs = np.asarray(model.predict_on_batch(x))
             if flip:
-                probs = probs + np.asarray(model.predict_on_batch(x[:, :, ::-1]))[..., 0][:, :, ::-1]
+                probs = probs + np.asarray(model.predict_on_batch(x[:, :, ::-1]))[:, :, ::-1]
             for i, (im, p) in enumerate(zip(chunk, probs)):
-                out[start + i] += cv2.resize(p, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR) / n
-    return out
+                resized = cv2.resize(p, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR)
+                out[start + i] = out[start + i] + resized.reshape(im.shape[0], im.shape[1], -1) / n
+    return [o[..., 0] if o.shape[-1] == 1 else o for o in out]
+
+
+def face_probability(prob: np.ndarray) -> np.ndarray:
+    """The face channel of a map from `predict_probs`."""
+    return prob if prob.ndim == 2 else prob[..., 0]

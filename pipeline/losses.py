@@ -48,8 +48,32 @@ LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "focal_dice": focal_dice
 
 @keras.saving.register_keras_serializable(package="facemask")
 def dice(y_true, y_pred):
-    """Hard dice at 0.5 per image: the quantity early stopping watches (as val_dice)."""
+    """Hard dice at 0.5 per image of the face channel: the quantity early stopping watches (as val_dice)."""
+    y_true, y_pred = y_true[..., :1], y_pred[..., :1]
     return _per_image(ops.cast(y_true > 0.5, "float32"), ops.cast(y_pred > 0.5, "float32"), smooth=1e-6)
+
+
+@keras.saving.register_keras_serializable(package="facemask")
+class FaceAndClassLoss(keras.losses.Loss):
+    """The face loss on channel 0, plus cross-entropy of the class channels on the pixels of faces
+    whose class is known, weighted per class against the imbalance (faces from sources without
+    labels teach face finding only: their pixels carry no class target)."""
+
+    def __init__(self, face_loss: str = "bce_dice", class_weights=(1.0,), name: str = "face_and_class", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.face_loss, self.class_weights = face_loss, [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        face = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1])
+        target = y_true[..., 1:]
+        weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1)
+        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., 1:], 1e-7, 1.0)), axis=-1)
+        labelled = ops.sum(target, axis=(1, 2, 3))
+        return face + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
+
+    def get_config(self):
+        return {**super().get_config(), "face_loss": self.face_loss, "class_weights": self.class_weights}
 
 
 def get_loss(name: str):

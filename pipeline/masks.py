@@ -90,3 +90,16 @@ def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.
         if sl is not None and areas[k] >= min_area
     ]
     return np.array(rows, np.float32).reshape(-1, 5)
+
+
+def label_faces(class_probs: np.ndarray, mask: np.ndarray, boxes: np.ndarray, classes: tuple[str, ...]
+                ) -> list[tuple[str, float]]:
+    """(class, probability) per box: the class with the highest mean probability over the box's
+    face pixels (the whole box where the mask has none there)."""
+    out = []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float32)[:, :4].astype(int):
+        region, inside = class_probs[y1:y2, x1:x2], mask[y1:y2, x1:x2].astype(bool)
+        mean = (region[inside] if inside.any() else region.reshape(-1, region.shape[-1])).mean(axis=0)
+        k = int(np.argmax(mean))
+        out.append((classes[k], float(mean[k])))
+    return out

@@ -106,25 +106,32 @@ def mask_wearing_report(pred_boxes: list[np.ndarray], pred_labels: list[list], t
     known (scikit-learn's definitions; 0 where a class is never predicted or present); macro-F1
     averages the classes that occur there. Per-class AP@0.5 ranks the faces labelled with a class by
     detection score x label score (`pred_boxes` rows `x1 y1 x2 y2 score`, `pred_labels` items
-    `(label, label_score)`), true faces without a class ignored; mAP@0.5 is their mean.
+    `(label, label_score)`), true faces without a class ignored; mAP@0.5 is their mean over the
+    classes that have test faces.
     """
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
     found = [(tl[j], pl[i][0]) for pb, pl, tb, tl in zip(pred_boxes, pred_labels, true_boxes, true_labels, strict=True)
              for i, j in match_pairs(pb, tb, min_iou) if tl[j] is not None and pl[i][0] is not None]
     y_true, y_pred = [t for t, _ in found], [p for _, p in found]
-    confusion = confusion_matrix(y_true, y_pred, labels=list(classes)) if found else np.zeros((len(classes),) * 2, np.int64)
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=list(classes), zero_division=0)
+    if found:
+        confusion = confusion_matrix(y_true, y_pred, labels=list(classes))
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=list(classes), zero_division=0)
+    else:  # no face found with a known class: nothing to score the labels on
+        confusion, precision = np.zeros((len(classes),) * 2, np.int64), np.zeros(len(classes))
+        recall = f1 = precision
     out: dict[str, float] = {}
     for k, c in enumerate(classes):
         scored = [np.array([[*b[:4], b[4] * s] for b, (label, s) in zip(pb, pl) if label == c], np.float64).reshape(-1, 5)
                   for pb, pl in zip(pred_boxes, pred_labels)]
         truth = [np.asarray(tb, np.float64)[[label == c for label in tl]].reshape(-1, 4) for tb, tl in zip(true_boxes, true_labels)]
         unknown = [np.asarray(tb, np.float64)[[label is None for label in tl]].reshape(-1, 4) for tb, tl in zip(true_boxes, true_labels)]
-        out.update({f"precision_{c}": float(precision[k]), f"recall_{c}": float(recall[k]), f"f1_{c}": float(f1[k]),
-                    f"ap50_{c}": average_precision(scored, truth, min_iou, ignore=unknown)})
+        out.update({f"precision_{c}": float(precision[k]), f"recall_{c}": float(recall[k]), f"f1_{c}": float(f1[k])})
+        if sum(map(len, truth)):  # AP is undefined for a class without test faces (VOC leaves it out too)
+            out[f"ap50_{c}"] = average_precision(scored, truth, min_iou, ignore=unknown)
+    aps = [v for k, v in out.items() if k.startswith("ap50_")]
     out.update(macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if found else 0.0,
-               map50=float(np.mean([out[f"ap50_{c}"] for c in classes])),
+               map50=float(np.mean(aps)) if aps else 0.0,
                label_accuracy=float(np.trace(confusion) / confusion.sum()) if found else 0.0)
     return out, confusion
 

@@ -105,8 +105,11 @@ def build_unet(
     decoder_filters: tuple[int, ...] = (64, 48, 32, 24),
     bn_momentum: float = 0.99,
     name: str | None = None,
+    n_classes: int = 0,
 ) -> keras.Model:
-    """U-Net: RGB 0..255 image (sides multiples of 32) -> face probability per pixel, same size.
+    """U-Net: RGB 0..255 image (sides multiples of 32) -> face probability per pixel, same size;
+    with `n_classes`, followed by that many mask-wearing class probabilities (softmax) per pixel:
+    one pass finds the faces and says what they wear.
 
     Fully convolutional: it trains on crops and predicts on whole images at another size.
 
@@ -128,9 +131,15 @@ def build_unet(
         x = layers.Concatenate(name=f"concat{i}")([x, skip])
         if decoder == "conv":
             x = _conv_block(x, filters, name=f"dec{i}")
-    x = layers.Conv2D(1, 1, name="logits")(x)
+    features = x
+    x = layers.Conv2D(1, 1, name="logits")(features)
     x = BilinearUpsample2x(name="up_full")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(x)
+    if n_classes:
+        c = layers.Conv2D(n_classes, 1, name="class_logits")(features)
+        c = BilinearUpsample2x(name="up_classes")(c)
+        c = layers.Softmax(axis=-1, dtype="float32", name="classes")(c)
+        outputs = layers.Concatenate(dtype="float32", name="mask_and_classes")([outputs, c])
     model = keras.Model(inputs, outputs, name=name or f"unet_{backbone}_{alpha}")
     for layer in [*model.get_layer("encoder").layers, *model.layers]:
         if isinstance(layer, layers.BatchNormalization):

@@ -27,8 +27,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.config import ConfigError, Limits, ServingConfig
 from pipeline.images import open_image, to_rgb
-from pipeline.inference import predict_probs
-from pipeline.masks import postprocess
+from pipeline.inference import face_probability, predict_probs
+from pipeline.masks import label_faces, postprocess
 
 SERVED_FORMATS = ("JPEG", "PNG")
 OUTPUT_COLUMNS = ["mask", "boxes", "n_faces", "caveat", "faces"]
@@ -108,14 +108,16 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
     probs = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
     rows = []
     for prob in probs:
-        mask, boxes = postprocess(prob, threshold, min_area, config.separate_faces, ratio)
-        boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in boxes]
+        mask, found = postprocess(face_probability(prob), threshold, min_area, config.separate_faces, ratio)
+        labels = label_faces(prob[..., 1:], mask, found, config.classes) if config.classes else [(None, None)] * len(found)
+        boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
             "boxes": json.dumps(boxes),
             "n_faces": len(boxes),
             "caveat": config.caveat,
-            "faces": json.dumps([{"box": b[:4], "score": b[4], "label": None, "label_score": None} for b in boxes]),
+            "faces": json.dumps([{"box": b[:4], "score": b[4], "label": label,
+                                  "label_score": None if p is None else round(p, 4)} for b, (label, p) in zip(boxes, labels)]),
         })
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 

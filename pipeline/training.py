@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.config import ModelConfig, TrainConfig, resolve_path
 from pipeline.data import make_dataset, to_arrays
 from pipeline.formats import Sample
-from pipeline.losses import dice, get_loss
+from pipeline.losses import FaceAndClassLoss, dice, get_loss
 from pipeline.model import average_models, build_unet, set_trainable
 
 
@@ -59,7 +59,7 @@ def phases(cfg: TrainConfig, finetune_epochs: int) -> list[tuple[str, int, float
 
 
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
-        seed: int, finetune_epochs: int, callbacks: list | None = None, first_epoch: int = 0) -> pd.DataFrame:
+        seed: int, finetune_epochs: int, callbacks: list | None = None, first_epoch: int = 0, loss=None) -> pd.DataFrame:
     """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases.
 
     Val is predicted every `val_every` epochs of a phase and at its last epoch (early stopping's
@@ -67,6 +67,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     epoch took about 15% of a preset fold.
 
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
+    `loss` defaults to `train.loss` (a face-only model).
     """
     ds, steps = make_dataset(*train, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed, crop_size=cfg.crop_size)
     x_val, y_val = val[0].astype(np.float32), val[1]
@@ -77,7 +78,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
         if cfg.lr_schedule == "cosine":  # decay to 1/100 over the phase: no plateau to stall on
             lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps, alpha=0.01)
         optimizer = keras.optimizers.Adam(lr, use_ema=ema > 0, ema_momentum=ema)
-        model.compile(optimizer=optimizer, loss=get_loss(cfg.loss), metrics=[dice])
+        model.compile(optimizer=optimizer, loss=loss or get_loss(cfg.loss), metrics=[dice])
         history = History(name, steps * cfg.batch_size)
         # With EMA, validation, early stopping and KeepBest all see the averaged weights.
         swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema > 0 else []
@@ -105,15 +106,23 @@ def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample]) ->
     return train + val if cfg.use_val else train
 
 
+def class_weights(samples: list[Sample], classes: tuple[str, ...]) -> list[float]:
+    """Per-class loss weights n / (k * n_c) over the training faces (scikit-learn's "balanced"): the 3%
+    `incorrect` faces weigh as much in total as the others. A class with no face weighs 1."""
+    counts = np.array([sum(label == c for s in samples for label in s.labels) for c in classes], np.float64)
+    return [float(counts.sum() / (len(classes) * n)) if n else 1.0 for n in counts]
+
+
 def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
-                callbacks: list | None = None):
+                callbacks: list | None = None, classes: tuple[str, ...] = ()):
     """Seed, build the U-Net the params describe and fit it: (model, history). Shared by the train
     stage and the cross-validation benchmark, so both train exactly the same way.
 
     With `train.ensemble: N > 1`, N members are trained with seeds seed, seed+1, ... (weights
     init, crops and augmentation all differ; `train.finetune_epochs` may give each its own length)
     and returned as one model averaging their outputs.
-    With `train.use_val`, `val` is trained on too (see `training_images`).
+    With `train.use_val`, `val` is trained on too (see `training_images`). With `classes`
+    (`data.classes`), the model also outputs each pixel's mask-wearing class probabilities.
     """
     import tensorflow as tf
 
@@ -121,13 +130,14 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
-    arrays, models, histories = (to_arrays(train, size), to_arrays(val, size)), [], []
+    arrays, models, histories = (to_arrays(train, size, classes), to_arrays(val, size, classes)), [], []
+    loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes)) if classes else None
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
         model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
-                           model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None)
-        history = fit(model, *arrays, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)))
+                           model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
+        history = fit(model, *arrays, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)
         histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)

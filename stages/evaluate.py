@@ -23,12 +23,13 @@ def main() -> None:
     params = load_params()
     cfg, size = params.evaluate, params.model.input_size
     test = split_samples("test")
-    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size)
+    classes = params.data.classes
+    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size, classes)
     serving = ServingConfig(input_size=size, tta_sizes=tuple(tta_sizes(size, cfg.tta_scales)), flip_tta=cfg.flip_tta,
                             separate_faces=cfg.separate_faces, threshold=metrics["threshold"],
                             threshold_ratio=cfg.threshold_ratio, min_area=cfg.min_area,
                             test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
-                            limits=params.export.limits, caveat=params.caveat)
+                            limits=params.export.limits, caveat=params.caveat, classes=classes)
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)

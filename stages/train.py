@@ -23,7 +23,8 @@ def main() -> None:
         logging.info("encoder weights: %s", note)
         log_split("training", train, fingerprint(train))
         log_split("validation", val, fingerprint(val))
-        model, history = train_model(params.model, params.train, train, val, callbacks=[epoch_logger()])
+        model, history = train_model(params.model, params.train, train, val, callbacks=[epoch_logger()],
+                                     classes=params.data.classes)
         assert_params_unchanged()
         with atomic_path(MODEL) as tmp:
             model.save(tmp)

@@ -81,3 +81,17 @@ def test_split_spreads_a_rare_class_over_every_split(rng):
     split = split_dataset(images, boxes, 0.15, 0.15, seed=3)
     rare = split[split.image_id.isin([f"i{i}" for i in range(0, n, 10)])]
     assert rare["split"].value_counts().to_dict() == {"train": 8, "val": 2, "test": 2}
+
+
+def test_targets_carry_a_channel_per_class_for_faces_that_have_one():
+    from pipeline.data import to_arrays
+    from pipeline.formats import Sample
+
+    sample = Sample("a", np.zeros((32, 32, 3), np.uint8), np.array([[0, 0, 16, 16], [16, 16, 32, 32]], np.float32),
+                    ["with_mask", None])
+    _, y = to_arrays([sample], 32, ("incorrect", "with_mask", "without_mask"))
+    assert y.shape == (1, 32, 32, 4)
+    assert y[0, ..., 0].sum() == 2 * 16 * 16  # both faces are faces
+    assert y[0, ..., 2].sum() == 16 * 16 and y[0, :16, :16, 2].all()  # only the labelled one has a class
+    assert y[0, ..., 1].sum() == 0 and y[0, ..., 3].sum() == 0
+    assert to_arrays([sample], 32)[1].shape == (1, 32, 32, 1)  # a face-only model: the mask alone

@@ -124,3 +124,20 @@ def test_mask_wearing_report_by_hand():
     assert report["ap50_with_mask"] == pytest.approx(1.0)  # its one true face ranked first; the mislabelled one after
     assert report["ap50_without_mask"] == 0.0 and report["ap50_incorrect"] == 0.0
     assert report["map50"] == pytest.approx(1 / 3)
+    nothing, confusion = mask_wearing_report([np.zeros((0, 5))], [[]], true_boxes[:1], true_labels[:1], classes)
+    assert nothing["macro_f1"] == 0.0 and nothing["map50"] == 0.0 and confusion.sum() == 0  # no face found
+    assert "ap50_incorrect" not in nothing  # no test face of that class: no AP for it
+
+
+def test_each_face_takes_the_class_most_probable_over_its_face_pixels():
+    from pipeline.masks import label_faces
+
+    probs = np.zeros((10, 20, 2), np.float32)
+    probs[..., 0] = 1.0  # background pixels say class 0 everywhere ...
+    probs[2:6, 2:6] = [0.2, 0.8]  # ... the first face's pixels say class 1
+    mask = np.zeros((10, 20), np.uint8)
+    mask[2:6, 2:6] = 1
+    mask[2:6, 12:16] = 1
+    boxes = np.array([[0, 0, 8, 8, 0.9], [10, 0, 18, 8, 0.7]], np.float32)
+    (a, pa), (b, pb) = label_faces(probs, mask, boxes, ("with_mask", "without_mask"))
+    assert (a, b) == ("without_mask", "with_mask") and pa == pytest.approx(0.8) and pb == pytest.approx(1.0)

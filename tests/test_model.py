@@ -101,3 +101,30 @@ def test_bilinear_upsample_matches_tensorflow_resize_on_any_size():
     for h, w in ((7, 9), (4, 12)):
         x = np.random.default_rng(h).random((2, h, w, 1)).astype(np.float32)
         np.testing.assert_allclose(model.predict(x, verbose=0), tf.image.resize(x, (2 * h, 2 * w), "bilinear").numpy(), atol=1e-6)
+
+
+def test_a_labelling_unet_outputs_face_then_class_probabilities_and_reloads(tmp_path):
+    from pipeline.model import load_model
+
+    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), n_classes=3)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
+    out = model.predict(x, verbose=0)
+    assert out.shape == (2, 64, 96, 4)
+    assert np.all((out[..., 0] >= 0) & (out[..., 0] <= 1)) and np.allclose(out[..., 1:].sum(-1), 1, atol=1e-5)
+    model.save(tmp_path / "m.keras")
+    assert np.allclose(load_model(tmp_path / "m.keras").predict(x, verbose=0), out, atol=1e-6)
+
+
+def test_class_loss_counts_only_faces_with_a_known_class():
+    """Unlabelled face pixels (channel 0 only) add no class loss; a labelled face adds weight x cross-entropy."""
+    from pipeline.losses import FaceAndClassLoss
+
+    y_true = np.zeros((1, 4, 4, 3), np.float32)
+    y_true[0, :2, :2, 0] = 1  # a face without a class
+    y_pred = np.full((1, 4, 4, 3), 0.5, np.float32)
+    loss = FaceAndClassLoss("bce_dice", [1.0, 3.0])
+    face_only = float(bce_dice_loss(y_true[..., :1], y_pred[..., :1])[0])
+    assert float(loss(y_true, y_pred)) == pytest.approx(face_only, rel=1e-5)
+    y_true[0, :2, :2, 2] = 1  # ... now of class 1 (weight 3): mean over its pixels of -3 log 0.5
+    assert float(loss(y_true, y_pred)) == pytest.approx(face_only + 3 * np.log(2), rel=1e-5)
+    assert FaceAndClassLoss.from_config(loss.get_config()).class_weights == [1.0, 3.0]

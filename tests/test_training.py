@@ -101,3 +101,36 @@ def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
 
     single, _ = train_model(model_cfg, replace(cfg, ensemble=1, finetune_epochs=3), samples[:20], samples[20:])
     assert np.allclose(single.predict(x, verbose=0), a, atol=1e-5)
+
+
+def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes():
+    """data.classes end to end in-process: 1 + 3 output channels, mask-wearing metrics on test,
+    and served faces labelled with one of the classes (synthetic faces given classes in turn; some
+    none, as from a source without labels)."""
+    from pipeline.config import ServingConfig
+    from pipeline.evaluation import evaluate_model
+    from pipeline.serving import predict_images
+    from pipeline.synthetic import generate
+    from pipeline.training import class_weights, train_model
+
+    classes = ("incorrect", "with_mask", "without_mask")
+    samples = generate(24, 64, 64, 2, seed=5)
+    for i, s in enumerate(samples):
+        s.labels = [(classes + (None,))[(i + k) % 4] for k in range(len(s.boxes))]
+    assert class_weights(samples[:20], classes) == pytest.approx(
+        [sum(label is not None for s in samples[:20] for label in s.labels) / (3 * sum(label == c for s in samples[:20]
+                                                                                        for label in s.labels))
+         for c in classes])
+    model_cfg = replace(PARAMS.model, input_size=64, weights="none", decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+    model, history = train_model(model_cfg, replace(TRAIN, finetune_epochs=2), samples[:16], samples[16:20], classes=classes)
+    assert model.output_shape[-1] == 4 and len(history) == 2
+    cfg = replace(PARAMS.evaluate, threshold=0.3, tta_scales=(1.0,), flip_tta=True)
+    metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, 64, classes)
+    assert {"map50", "macro_f1", "label_accuracy", "ap50_incorrect", "f1_without_mask"} <= set(metrics)
+    assert np.array(metrics["confusion"]).shape == (3, 3)
+    config = ServingConfig(input_size=64, tta_sizes=(64,), flip_tta=True, separate_faces=False, threshold=0.3,
+                           threshold_ratio=0.0, min_area=4, test_fingerprint="x", test_dice=0.0, limits=PARAMS.export.limits,
+                           caveat="", classes=classes)
+    served = predict_images(model, [s.image for s in samples[20:]], config)
+    faces = [f for row in served["faces"] for f in __import__("json").loads(row)]
+    assert faces and all(f["label"] in classes and 0 < f["label_score"] <= 1 for f in faces)
