@@ -127,6 +127,7 @@ class TrainConfig:
     use_val: bool
     ema_momentum: float
     ensemble: int
+    class_weights: Literal["balanced", "sqrt", "none"]
     augment: AugmentConfig
 
     def __post_init__(self):
@@ -249,6 +250,12 @@ class ServingConfig:
     limits: Limits
     caveat: str  # returned with every prediction when not "" (the synthetic demo says so)
     classes: tuple[str, ...] = ()  # the mask-wearing classes the model labels faces with; () for a face-only model
+    test_map50: float | None = None  # mAP@0.5 on the test split, for a model with classes
+
+    @property
+    def primary_metric(self) -> str:
+        """The version tag promotion compares: mAP@0.5 for a labelling model, else test dice."""
+        return "test_map50" if self.classes else "test_dice"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

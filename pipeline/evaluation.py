@@ -64,3 +64,16 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
     metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds
+
+
+def confusion_figure(confusion: list[list[int]], classes: tuple[str, ...]):
+    """Matplotlib figure of the mask-wearing confusion matrix (rows true, columns predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    display = ConfusionMatrixDisplay(np.array(confusion), display_labels=list(classes)).plot(colorbar=False)
+    display.ax_.set_title("faces found on test, by mask-wearing class")
+    display.figure_.tight_layout()
+    return display.figure_

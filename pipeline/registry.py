@@ -60,8 +60,11 @@ def log_model(name: str, step: int, keras_path: Path, config: ServingConfig, exa
 
 def version_tags(config: ServingConfig) -> dict[str, str]:
     """What a version was measured on and with: promotion compares versions by these."""
-    return {"test_fingerprint": config.test_fingerprint, "test_dice": f"{config.test_dice:.6f}",
-            "threshold": str(config.threshold)}
+    tags = {"test_fingerprint": config.test_fingerprint, "test_dice": f"{config.test_dice:.6f}",
+            "threshold": str(config.threshold), "primary_metric": config.primary_metric}
+    if config.test_map50 is not None:
+        tags["test_map50"] = f"{config.test_map50:.6f}"
+    return tags
 
 
 def serving_digest(keras_path: Path, config: ServingConfig) -> str:
@@ -117,6 +120,9 @@ def promote(client: MlflowClient, name: str, version, metric: str) -> dict:
     elif champ.tags.get("test_fingerprint") != mine_fp:
         alias, reason = CHALLENGER, (f"not compared: test set differs from champion v{champ.version}'s "
                                      f"({mine_fp} vs {champ.tags.get('test_fingerprint')})")
+    elif champ.tags.get("primary_metric", "test_dice") != metric:  # a face-only model and a labelling one
+        alias, reason = CHALLENGER, (f"not compared: champion v{champ.version} is ranked by "
+                                     f"{champ.tags.get('primary_metric', 'test_dice')}, this version by {metric}")
     elif mine > float(champ.tags[metric]):
         alias, reason = CHAMPION, f"{metric} {mine:.4f} beats champion v{champ.version} ({float(champ.tags[metric]):.4f})"
     else:
@@ -129,9 +135,13 @@ def promote(client: MlflowClient, name: str, version, metric: str) -> dict:
 def describe_version(metrics: dict, config: ServingConfig, decision: dict) -> str:
     """The version's description: what it scored, on which test set, why it has its alias."""
     caveat = f"Caveat: {config.caveat}.\n" if config.caveat else ""
+    labels = (f"Labels {', '.join(config.classes)}: mAP@0.5 {metrics['map50']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+              f"label accuracy {metrics['label_accuracy']:.3f} on found faces.\n") if config.classes else ""
+    policy = (f"Champion policy: versions tested on the same test fingerprint are compared by "
+              f"{config.primary_metric.removeprefix('test_')}.\n")
     return (f"{caveat}Test dice {metrics['dice']:.4f} (IoU {metrics['iou']:.4f}, pooled {metrics['pooled_dice']:.4f}, "
             f"face recall {metrics['face_recall']:.3f}, precision {metrics['face_precision']:.3f}) on "
-            f"{metrics['n_images']} test images, fingerprint {config.test_fingerprint}.\n"
+            f"{metrics['n_images']} test images, fingerprint {config.test_fingerprint}.\n{labels}{policy}"
             f"Served: input {list(config.tta_sizes)} px, flip {config.flip_tta}, threshold {config.threshold}, "
             f"ratio {config.threshold_ratio}, min_area {config.min_area}.\n"
             f"Alias {decision['alias']}: {decision['reason']}.")

@@ -106,11 +106,13 @@ def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample]) ->
     return train + val if cfg.use_val else train
 
 
-def class_weights(samples: list[Sample], classes: tuple[str, ...]) -> list[float]:
-    """Per-class loss weights n / (k * n_c) over the training faces (scikit-learn's "balanced"): the 3%
-    `incorrect` faces weigh as much in total as the others. A class with no face weighs 1."""
+def class_weights(samples: list[Sample], classes: tuple[str, ...], kind: str = "balanced") -> list[float]:
+    """Per-class loss weights over the training faces: "balanced" is n / (k * n_c) (scikit-learn's:
+    the 3% `incorrect` faces weigh as much in total as the others), "sqrt" its square root (a
+    milder push towards rare classes), "none" all 1. A class with no face weighs 1."""
     counts = np.array([sum(label == c for s in samples for label in s.labels) for c in classes], np.float64)
-    return [float(counts.sum() / (len(classes) * n)) if n else 1.0 for n in counts]
+    balanced = np.array([counts.sum() / (len(classes) * n) if n else 1.0 for n in counts])
+    return [float(w) for w in {"balanced": balanced, "sqrt": np.sqrt(balanced), "none": np.ones(len(classes))}[kind]]
 
 
 def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
@@ -131,7 +133,7 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
     arrays, models, histories = (to_arrays(train, size, classes), to_arrays(val, size, classes)), [], []
-    loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes)) if classes else None
+    loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)

@@ -7,7 +7,7 @@ import mlflow
 
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
 from pipeline.drawing import comparison
-from pipeline.evaluation import evaluate_model
+from pipeline.evaluation import confusion_figure, evaluate_model
 from pipeline.inference import tta_sizes
 from pipeline.io import atomic_path, read_json, write_csv, write_json
 from pipeline.masks import boxes_to_mask
@@ -29,7 +29,8 @@ def main() -> None:
                             separate_faces=cfg.separate_faces, threshold=metrics["threshold"],
                             threshold_ratio=cfg.threshold_ratio, min_area=cfg.min_area,
                             test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
-                            limits=params.export.limits, caveat=params.caveat, classes=classes)
+                            limits=params.export.limits, caveat=params.caveat, classes=classes,
+                            test_map50=metrics.get("map50"))
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)
     write_json(METRICS, metrics)
@@ -48,6 +49,8 @@ def main() -> None:
         mlflow.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=kept)
         log_split("testing", test, metrics["test_fingerprint"])
         mlflow.log_artifact(THRESHOLDS, "plots")
+        if classes:
+            mlflow.log_figure(confusion_figure(metrics["confusion"], classes), "plots/confusion.png")
         for image_id, panel in panels.items():
             mlflow.log_image(panel, artifact_file=f"gallery/{image_id}.png")
     logging.info("evaluate: threshold %.2f, test dice %.4f, face recall %.3f", metrics["threshold"], metrics["dice"],

@@ -26,7 +26,7 @@ def main() -> None:
         kept = read_json(RUN)["kept_epoch"]
         log_this_model = lambda: log_model(name, kept, Path(MODEL), config, split_samples("test")[0].image)  # noqa: E731
         model_version = register_once(client, name, run_id, digest, log_this_model, version_tags(config))
-        decision = promote(client, name, model_version, "test_dice")
+        decision = promote(client, name, model_version, config.primary_metric)
         client.update_model_version(name, model_version.version, describe_version(read_json(EVAL_METRICS), config, decision))
         sync_alias_tags(client, name)
         mlflow.set_tags({"registered_model": name, "registered_version": model_version.version})

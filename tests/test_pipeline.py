@@ -71,6 +71,7 @@ def test_mlflow_shows_names_descriptions_datasets_and_the_linked_model(project):
     assert linked["test/dice"].value == pytest.approx(evaluation["dice"]) and linked["test/dice"].step == kept
     assert linked["val/dice"].step == kept  # the kept weights' epoch, not step 0
     assert "Test dice" in version.description and "Alias champion: first registered version" in version.description
+    assert "compared by dice" in version.description and version.tags["primary_metric"] == "test_dice"
     assert "synthetic demo" in version.description
     assert run.data.tags["alias"] == "champion"
     gallery = [a.path for a in c.list_artifacts(run.info.run_id, "gallery")]

@@ -117,10 +117,11 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     samples = generate(24, 64, 64, 2, seed=5)
     for i, s in enumerate(samples):
         s.labels = [(classes + (None,))[(i + k) % 4] for k in range(len(s.boxes))]
-    assert class_weights(samples[:20], classes) == pytest.approx(
-        [sum(label is not None for s in samples[:20] for label in s.labels) / (3 * sum(label == c for s in samples[:20]
-                                                                                        for label in s.labels))
-         for c in classes])
+    balanced = [sum(label is not None for s in samples[:20] for label in s.labels) /
+                (3 * sum(label == c for s in samples[:20] for label in s.labels)) for c in classes]
+    assert class_weights(samples[:20], classes) == pytest.approx(balanced)
+    assert class_weights(samples[:20], classes, "sqrt") == pytest.approx(np.sqrt(balanced))
+    assert class_weights(samples[:20], classes, "none") == [1.0, 1.0, 1.0]
     model_cfg = replace(PARAMS.model, input_size=64, weights="none", decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
     model, history = train_model(model_cfg, replace(TRAIN, finetune_epochs=2), samples[:16], samples[16:20], classes=classes)
     assert model.output_shape[-1] == 4 and len(history) == 2
@@ -128,6 +129,10 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, 64, classes)
     assert {"map50", "macro_f1", "label_accuracy", "ap50_incorrect", "f1_without_mask"} <= set(metrics)
     assert np.array(metrics["confusion"]).shape == (3, 3)
+    from pipeline.evaluation import confusion_figure
+
+    figure = confusion_figure(metrics["confusion"], classes)
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(classes)
     config = ServingConfig(input_size=64, tta_sizes=(64,), flip_tta=True, separate_faces=False, threshold=0.3,
                            threshold_ratio=0.0, min_area=4, test_fingerprint="x", test_dice=0.0, limits=PARAMS.export.limits,
                            caveat="", classes=classes)
