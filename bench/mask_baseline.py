@@ -52,12 +52,10 @@ def folder_crops(root: Path, size: int, limits) -> tuple[np.ndarray, list[str]]:
     return np.stack(out), labels
 
 
-def features(crops: np.ndarray, alpha: float, weights: str) -> tuple[np.ndarray, float]:
+def features(base, crops: np.ndarray) -> tuple[np.ndarray, float]:
     """Global-average-pooled features of the frozen encoder, and images/s."""
     import keras
 
-    base = keras.applications.MobileNet(input_shape=crops.shape[1:], alpha=alpha, include_top=False, weights=weights,
-                                        pooling="avg")
     start = time.perf_counter()
     x = keras.applications.mobilenet.preprocess_input(crops.astype(np.float32))
     out = base.predict(x, batch_size=64, verbose=0)
@@ -87,10 +85,10 @@ def score(head, x: np.ndarray, labels: list[str], classes: list[str], keep: list
     sel = [i for i, label in enumerate(labels) if label in keep]
     pred = [classes[k] for k in head.predict(x[sel], verbose=0).argmax(axis=1)]
     truth = [labels[i] for i in sel]
-    matrix = confusion_matrix(truth, pred, labels=keep + [c for c in classes if c not in keep])[: len(keep)]
+    columns = keep + [c for c in classes if c not in keep]
+    matrix = confusion_matrix(truth, pred, labels=columns)[: len(keep)]
     return (f"accuracy {accuracy_score(truth, pred):.3f}, macro-F1 {f1_score(truth, pred, labels=keep, average='macro'):.3f} "
-            f"on {len(sel)} faces; confusion (rows true {keep}, columns predicted {keep + [c for c in classes if c not in keep]}):"
-            f" {matrix.tolist()}")
+            f"on {len(sel)} faces; confusion (rows true {keep}, columns predicted {columns}): {matrix.tolist()}")
 
 
 def main() -> None:
@@ -113,7 +111,11 @@ def main() -> None:
     parts = {name: [s for s in scenes if split[s.image_id] == name] for name in ("train", "test")}
     (x_train, y_train), (x_test, y_test) = (crops_of(parts[n], args.crop, args.margin) for n in ("train", "test"))
     x_crops, y_crops = folder_crops(resolve_path(args.crops), args.crop, params.export.limits)
-    (f_train, rate), (f_test, _), (f_crops, _) = (features(x, args.alpha, weights) for x in (x_train, x_test, x_crops))
+    import keras
+
+    base = keras.applications.MobileNet(input_shape=(args.crop, args.crop, 3), alpha=args.alpha, include_top=False,
+                                        weights=weights, pooling="avg")
+    (f_train, rate), (f_test, _), (f_crops, _) = (features(base, x) for x in (x_train, x_test, x_crops))
     print(f"MobileNet alpha {args.alpha}, {args.crop} px crops: features at {rate:.0f} faces/s; "
           f"scenes train {len(y_train)} / test {len(y_test)} faces, crops {len(y_crops)}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -39,16 +40,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, faces: list[dict], caveat: str 
 def label_colours(labels) -> dict:
     """A colour per label name (stable for the usual names)."""
     names = sorted({label for label in labels if label is not None})
-    spare = iter(c for c in SPARE_COLOURS if c not in LABEL_COLOURS.values())
+    spare = iter(SPARE_COLOURS)
     return {name: LABEL_COLOURS.get(name) or next(spare, WHITE) for name in names}
 
 
 def count_labels(faces: list[dict]) -> dict:
     """Faces per label, most frequent first (None: faces without a label)."""
-    counts: dict = {}
-    for f in faces:
-        counts[f["label"]] = counts.get(f["label"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return dict(Counter(f["label"] for f in faces).most_common())
 
 
 def comparison(image: np.ndarray, true_boxes: np.ndarray, mask: np.ndarray, boxes: np.ndarray, dice: float,

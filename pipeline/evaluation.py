@@ -7,8 +7,8 @@ import pandas as pd
 
 from pipeline.config import EvaluateConfig
 from pipeline.formats import Sample, fingerprint
-from pipeline.inference import face_probability, predict_probs, tta_sizes
-from pipeline.masks import boxes_to_mask, label_faces, postprocess
+from pipeline.inference import predict_probs, tta_sizes
+from pipeline.masks import boxes_to_mask, find_faces
 from pipeline.metrics import evaluate_masks, mask_dice, mask_wearing_report, pixel_counts
 
 
@@ -18,7 +18,7 @@ def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: 
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     rows = []
     for t in thresholds:
-        masks = [postprocess(face_probability(p), float(t), min_area, ratio=ratio)[0] for p in probs]
+        masks = [find_faces(p, float(t), min_area, ratio=ratio)[0] for p in probs]
         tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
         rows.append({
             "threshold": round(float(t), 4),
@@ -38,13 +38,13 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, m
              separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = ()) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
     how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list)."""
-    preds = [postprocess(face_probability(p), threshold, min_area, separate, ratio) for p in probs]
+    found = [find_faces(p, threshold, min_area, separate, ratio, classes) for p in probs]
+    preds = [(mask, boxes) for mask, boxes, _ in found]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
     if classes:
-        labels = [label_faces(p[..., 1:], m, b, classes) for p, (m, b) in zip(probs, preds)]
-        report, confusion = mask_wearing_report([b for _, b in preds], labels, [s.boxes for s in samples],
-                                                [s.labels for s in samples], classes)
+        report, confusion = mask_wearing_report([b for _, b, _ in found], [labels for _, _, labels in found],
+                                                [s.boxes for s in samples], [s.labels for s in samples], classes)
         metrics.update(report, confusion=confusion.tolist())
     return metrics, preds
 

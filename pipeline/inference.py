@@ -38,8 +38,3 @@ def predict_probs(model, images: list[np.ndarray], sizes: Sequence[int], batch_s
                 resized = cv2.resize(p, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR)
                 out[start + i] = out[start + i] + resized.reshape(im.shape[0], im.shape[1], -1) / n
     return [o[..., 0] if o.shape[-1] == 1 else o for o in out]
-
-
-def face_probability(prob: np.ndarray) -> np.ndarray:
-    """The face channel of a map from `predict_probs`."""
-    return prob if prob.ndim == 2 else prob[..., 0]

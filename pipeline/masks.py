@@ -92,6 +92,16 @@ def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.
     return np.array(rows, np.float32).reshape(-1, 5)
 
 
+def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: bool = False, ratio: float = 0.0,
+               classes: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """What a map from `predict_probs` answers, for evaluation and serving alike: the face mask,
+    the boxes (`x1 y1 x2 y2 score`) and a (class, probability) per box, (None, None) for a model
+    without classes. A labelling model's map is H x W x (1 + classes), face channel first."""
+    mask, boxes = postprocess(prob if prob.ndim == 2 else prob[..., 0], threshold, min_area, separate, ratio)
+    labels = label_faces(prob[..., 1:], mask, boxes, classes) if classes else [(None, None)] * len(boxes)
+    return mask, boxes, labels
+
+
 def label_faces(class_probs: np.ndarray, mask: np.ndarray, boxes: np.ndarray, classes: tuple[str, ...]
                 ) -> list[tuple[str, float]]:
     """(class, probability) per box: the class with the highest mean probability over the box's

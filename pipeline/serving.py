@@ -27,8 +27,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.config import ConfigError, Limits, ServingConfig
 from pipeline.images import open_image, to_rgb
-from pipeline.inference import face_probability, predict_probs
-from pipeline.masks import label_faces, postprocess
+from pipeline.inference import predict_probs
+from pipeline.masks import find_faces
 
 SERVED_FORMATS = ("JPEG", "PNG")
 OUTPUT_COLUMNS = ["mask", "boxes", "n_faces", "caveat", "faces"]
@@ -108,8 +108,7 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
     probs = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
     rows = []
     for prob in probs:
-        mask, found = postprocess(face_probability(prob), threshold, min_area, config.separate_faces, ratio)
-        labels = label_faces(prob[..., 1:], mask, found, config.classes) if config.classes else [(None, None)] * len(found)
+        mask, found, labels = find_faces(prob, threshold, min_area, config.separate_faces, ratio, config.classes)
         boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
