@@ -5,10 +5,12 @@
     python -m bench.quality --preset widerface -S train.finetune_epochs=20 -S model.input_size=512
     python -m bench.quality --preset widerface --save runs/cv        # keep each fold's model ...
     python -m bench.quality --preset widerface --load runs/cv -S 'evaluate.tta_scales=[1.0,2.0]'  # ... re-score it
+    python -m bench.quality --preset fast --extra voc:../shared/data/facemask-scenes   # more training data
 
 Each fold trains on the other folds (15% of them held out as val for early stopping and the
 threshold, or trained on too with train.use_val) with the same code as the DVC stages, then
-evaluates the fold. Prints every fold and mean +- std of dice, IoU, pooled dice and face
+evaluates the fold. `--extra` sources (e.g. facemask-scenes) join every fold's training part,
+never its val or test images, so the figures stay comparable with runs without them. Prints every fold and mean +- std of dice, IoU, pooled dice and face
 recall/precision by size, with training and inference images/s; `--out` writes the table as CSV.
 """
 
@@ -23,10 +25,11 @@ from dataclasses import replace
 
 import pandas as pd
 
-from pipeline.config import Params, build, compose, resolve_path
+from pipeline.config import Params, SourceConfig, build, compose, resolve_path
 from pipeline.evaluation import evaluate_model
 from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
 from pipeline.model import load_model
+from pipeline.sources import read_sources
 from pipeline.split import kfold, split_dataset
 from pipeline.training import summarize, train_model
 
@@ -36,13 +39,13 @@ PLAIN_COLUMNS = ["dice_plain", "pooled_dice_plain", "face_recall_plain", "infer_
 
 
 def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None,
-             load: str | None = None) -> dict:
+             load: str | None = None, extra: list | None = None) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
     rest = [by_id[i] for i in folds.index[folds != fold]]
     images, boxes = to_tables(rest)
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
-    train = [by_id[i] for i in split.image_id[split.split == "train"]]
+    train = [by_id[i] for i in split.image_id[split.split == "train"]] + list(extra or [])
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
     if load:  # a fold model saved by an earlier run (same folds, checked in main): this run's evaluate settings
         path = os.path.join(load, f"fold{fold}.keras")
@@ -71,12 +74,26 @@ def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, sa
             "train_img_s": fit["train_images_per_s"], "train_s": fit["train_seconds"]}
 
 
+def read_extra(spec: str, params: Params) -> list:
+    """The samples of a `TYPE:PATH` source, ids prefixed `extra-` so they never meet the folds' ids."""
+    kind, _, path = spec.partition(":")
+    if kind not in ("images_npy", "yolo", "voc") or not path:
+        raise SystemExit(f"--extra {spec!r}: expected TYPE:PATH with TYPE images_npy, yolo or voc")
+    cfg = replace(params.data, sources=(SourceConfig(kind, path),), labels={})
+    samples, _ = read_sources(cfg, Report(), params.export.limits)
+    for sample in samples:
+        sample.image_id = f"extra-{sample.image_id}"
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="widerface", help="a preset in conf/preset/ (or 'none')")
     parser.add_argument("--data", default="../shared/data/widerface-dev/images.npy",
                         help="a course-layout .npy file or a YOLO folder")
     parser.add_argument("--weights", default="../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
+    parser.add_argument("--extra", action="append", default=[], metavar="TYPE:PATH",
+                        help="another source trained on in every fold, e.g. voc:../shared/data/facemask-scenes")
     parser.add_argument("--folds", type=int, default=5, help="how many of the k folds to run (1: quick mode)")
     parser.add_argument("--start", type=int, default=0, help="the first fold to run")
     parser.add_argument("-k", type=int, default=5, help="number of folds the data is cut into")
@@ -95,6 +112,7 @@ def main() -> None:
     params = build(Params, raw, f"conf/ with preset={args.preset} and -S {args.overrides}")
     path = resolve_path(args.data)
     samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report(), params.export.limits)
+    extra = [s for spec in args.extra for s in read_extra(spec, params)]
     images, boxes = to_tables(samples)
     folds = kfold(images, boxes, args.k, args.seed)
     if args.save:
@@ -109,7 +127,7 @@ def main() -> None:
 
     rows = []
     for fold in range(args.start, min(args.start + args.folds, args.k)):
-        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load))
+        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load, extra))
         shown = [c for c in ["fold", *COLUMNS, *PLAIN_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
@@ -117,7 +135,7 @@ def main() -> None:
         table.to_csv(args.out, index=False)
     columns = [c for c in COLUMNS + PLAIN_COLUMNS if c in table]
     summary = table[columns].agg(["mean", "std"]).T
-    print(f"\npreset={args.preset} overrides={args.overrides} folds={args.folds}/{args.k} images={len(samples)} "
+    print(f"\npreset={args.preset} overrides={args.overrides} extra={args.extra} ({len(extra)} images) folds={args.folds}/{args.k} images={len(samples)} "
           f"cpus={os.cpu_count()}")
     print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
                      for c in [*COLUMNS[:8], *PLAIN_COLUMNS[:3]] if c in summary.index))

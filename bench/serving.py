@@ -1,24 +1,35 @@
-"""Serving speed: HTTP (`mlflow models serve`) against in-process `pyfunc.predict`, same images.
+"""Serving speed against quality: each engine and input size in-process, and the served model over HTTP.
 
-    python -m bench.serving [--model models:/face-segmenter@champion] [--url http://127.0.0.1:5001]
+    python -m bench.serving                                     # the champion, Keras and ONNX at its own size
+    python -m bench.serving --model models:/face-segmenter/3 --model models:/face-segmenter/5 --sizes 384 512
+    python -m bench.serving --preset widerface --preset fast --no-http   # architectures only: latency, no dice
+    python -m bench.serving --model models:/face-segmenter@champion --plot frontier.png --out serving.csv
 
-Without --url it starts the server itself on a free port. Prints p50/p95 latency for one
-640x480 JPEG and images/s for batches of 1, 8 and 32, and the HTTP overhead.
+Latency is one 640x480 JPEG through the whole served path (decode, every pass, postprocess),
+p50/p95, 2 cores as the machine has them; images/s in batches of 8. Dice and face recall are
+measured on the workspace's test split when it is the one the model was evaluated on (same
+fingerprint), else left empty. `--preset` builds a preset's network with random weights: its
+latency is real, it has no quality. The registered models are then served by `mlflow models
+serve` (started here on a free port, or `--url`) and timed over HTTP with keep-alive.
+`--plot` draws dice against p50 (the quality/latency frontier) and logs it into each model's run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from collections.abc import Callable, Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
 import requests
 
-from pipeline.client import request_body
-from pipeline.serving import encode_image
 from bench.server import scoring_server
+from pipeline.client import request_body
+from pipeline.config import ServingConfig
+from pipeline.serving import FaceSegmenter, encode_image
 from pipeline.synthetic import generate
 from pipeline.tracking import tracking_uri
 
@@ -30,57 +41,184 @@ def photos(n: int) -> list[str]:
     return [encode_image(cv2.resize(s.image, (640, 480)), ".jpg") for s in generate(n, 240, 480, 6, seed=123)]
 
 
-def timed(fn, repeats: int) -> np.ndarray:
+def timed(fn: Callable[[], object], repeats: int) -> np.ndarray:
     fn()  # warm-up
     out = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        start = time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t)
+        out.append(time.perf_counter() - start)
     return np.array(out)
 
 
-def measure(call, images: list[str], repeats: int) -> dict[str, float]:
-    single = timed(lambda: call(images[:1]), repeats)
-    out = {"p50_ms": 1000 * np.percentile(single, 50), "p95_ms": 1000 * np.percentile(single, 95)}
-    for batch in (1, 8, 32):
-        seconds = timed(lambda: call(images[:batch]), max(3, repeats // batch))
-        out[f"batch{batch}_img_s"] = batch / np.median(seconds)
-    return out
+def measure(call: Callable[[list[str]], object], images: list[str], repeats: int) -> dict[str, float]:
+    single = 1000 * timed(lambda: call(images[:1]), repeats)
+    batch = timed(lambda: call(images[:8]), max(3, repeats // 8))
+    return {"p50_ms": np.percentile(single, 50), "p95_ms": np.percentile(single, 95), "batch8_img_s": 8 / np.median(batch)}
+
+
+def resized(config: ServingConfig, size: int, engine: str) -> ServingConfig:
+    """The served settings at another input side: every test-time pass scaled alike (multiples of 32)."""
+    scale = size / config.input_size
+    return dataclasses.replace(config, input_size=size, engine=engine,
+                               tta_sizes=tuple(max(32, int(round(s * scale / 32)) * 32) for s in config.tta_sizes))
+
+
+def variants(served: FaceSegmenter, engines: list[str], sizes: list[int]) -> Iterator[FaceSegmenter]:
+    """The served model with each engine and input side; engines its version does not ship are skipped."""
+    from pipeline.model import load_model
+    from pipeline.onnx_model import OnnxModel
+
+    artifacts = getattr(served, "artifacts", {})
+    loaders = {"keras": lambda: load_model(artifacts["keras_model"]),
+               "onnx": lambda: OnnxModel(artifacts["onnx_model"], served.config.threads)}
+    for engine in engines:
+        if f"{engine}_model" not in artifacts:
+            print(f"note: this version ships no {engine} model (registered before it existed): skipped")
+            continue
+        model = loaders[engine]()
+        for size in sizes or [served.config.input_size]:
+            variant = FaceSegmenter()
+            variant.model, variant.config = model, resized(served.config, size, engine)
+            variant.warm_up()
+            yield variant
+
+
+def preset_model(preset: str, engine: str) -> FaceSegmenter:
+    """A preset's network and served settings with random weights: its latency, not its quality."""
+    import tempfile
+
+    from pipeline.config import Params, build, compose
+    from pipeline.inference import tta_sizes
+    from pipeline.model import average_models, build_unet
+    from pipeline.onnx_model import OnnxModel, export_onnx
+
+    params = build(Params, compose([f"preset={preset}", "model.weights=none"]), f"preset {preset}")
+    m, e = params.model, params.evaluate
+    network = average_models([build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, name=f"member{k}")
+                              for k in range(params.train.ensemble)])
+    config = ServingConfig(input_size=m.input_size, tta_sizes=tuple(tta_sizes(m.input_size, e.tta_scales)),
+                           flip_tta=e.flip_tta, separate_faces=e.separate_faces, threshold=0.5,
+                           threshold_ratio=e.threshold_ratio, min_area=e.min_area, test_fingerprint="", test_dice=0.0,
+                           limits=params.export.limits, caveat="", engine=engine, threads=params.export.threads)
+    segmenter = FaceSegmenter()
+    if engine == "onnx":
+        path = tempfile.mkdtemp() + "/model.onnx"
+        export_onnx(network, path, config)
+        network = OnnxModel(path, config.threads)
+    segmenter.model, segmenter.config = network, config
+    segmenter.warm_up()
+    return segmenter
+
+
+def quality(segmenter: FaceSegmenter) -> dict[str, float]:
+    """Dice and face recall on the workspace's test split, if it is the split the model was evaluated on."""
+    from pipeline.evaluation import evaluate
+    from pipeline.formats import fingerprint
+    from pipeline.inference import predict_probs
+    from stages.common import split_samples
+
+    try:
+        test = split_samples("test")
+    except (OSError, ValueError, KeyError):
+        return {}
+    config = segmenter.config
+    if not test or fingerprint(test) != config.test_fingerprint:
+        return {}
+    probs = predict_probs(segmenter.model, [s.image for s in test], config.tta_sizes, flip=config.flip_tta)
+    metrics, _ = evaluate(probs, test, config.threshold, config.min_area, config.separate_faces,
+                          config.threshold_ratio, config.classes)
+    return {"dice": metrics["dice"], "face_recall": metrics["face_recall"], **({"map50": metrics["map50"]}
+                                                                                if config.classes else {})}
+
+
+def in_process(segmenter: FaceSegmenter) -> Callable[[list[str]], object]:
+    return lambda batch: segmenter.predict(None, pd.DataFrame({"image": batch}))
+
+
+def over_http(url: str) -> Callable[[list[str]], object]:
+    session = requests.Session()  # keep-alive, as a real client would
+
+    def call(batch):
+        response = session.post(f"{url}/invocations", json=request_body(batch, None), timeout=120)
+        response.raise_for_status()
+
+    return call
+
+
+def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict) -> dict:
+    return {"model": name, "engine": config.engine, "input_px": config.input_size, "passes":
+            len(config.tta_sizes) * (2 if config.flip_tta else 1), "where": where, **speed, **scores}
+
+
+def frontier(table: pd.DataFrame, path: str) -> None:
+    """Dice against p50 latency, one point per model, engine and size (in-process rows with a dice)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = table[table["where"] == "in-process"].dropna(subset=["dice"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, engine), group in points.groupby(["model", "engine"]):
+        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine})")
+        for _, r in group.iterrows():
+            ax.annotate(f"{r.input_px}px", (r.p50_ms, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(100, color="grey", ls=":", label="100 ms budget")
+    ax.set_xlabel("p50 latency, one 640x480 JPEG, in-process (ms)")
+    ax.set_ylabel("test dice")
+    ax.set_title("Quality against latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models:/face-segmenter@champion")
-    parser.add_argument("--url", help="a running server; default: start one")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--model", action="append", default=[], help="a registered model URI (repeatable); "
+                        "default: models:/face-segmenter@champion unless --preset is given")
+    parser.add_argument("--preset", action="append", default=[], help="a preset's network, random weights (repeatable)")
+    parser.add_argument("--engines", nargs="+", default=["keras", "onnx"], choices=["keras", "onnx"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[], help="input sides to try (default: each model's own)")
+    parser.add_argument("--url", help="a running server for the (single) --model; default: start one per model")
+    parser.add_argument("--no-http", action="store_true", help="in-process only")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", help="write the table as CSV")
+    parser.add_argument("--plot", help="write the dice/latency frontier as PNG and log it into each model's run")
     args = parser.parse_args()
-    images = photos(32)
+    models = args.model or ([] if args.preset else ["models:/face-segmenter@champion"])
+    images, rows = photos(8), []
     mlflow.set_tracking_uri(tracking_uri())
-    model = mlflow.pyfunc.load_model(args.model)
-    config = model.unwrap_python_model().config
-    local = measure(lambda b: model.predict(pd.DataFrame({"image": b})), images, args.repeats)
-
-    session = requests.Session()  # keep-alive, as a real client would
-
-    def http(url):
-        def call(batch):
-            response = session.post(f"{url}/invocations", json=request_body(batch, None), timeout=120)
-            response.raise_for_status()
-        return call
-
-    if args.url:
-        remote = measure(http(args.url), images, args.repeats)
-    else:
-        with scoring_server(args.model, tracking_uri()) as server:
-            remote = measure(http(server.url), images, args.repeats)
-    table = pd.DataFrame({"in-process": local, "http": remote})
-    table["http overhead %"] = [
-        100 * (remote[k] / local[k] - 1) if k.endswith("_ms") else 100 * (local[k] / remote[k] - 1) for k in table.index
-    ]
-    print(f"model {args.model}: input {list(config.tta_sizes)} px, flip TTA {config.flip_tta}; "
-          f"one 640x480 JPEG per request for latency")
-    print(table.round(1).to_string())
+    for preset in args.preset:
+        for engine in args.engines:
+            segmenter = preset_model(preset, engine)
+            rows.append(row(f"preset {preset}", segmenter.config, "in-process",
+                            measure(in_process(segmenter), images, args.repeats), {}))
+            print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
+    for uri in models:
+        served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        for variant in variants(served, args.engines, args.sizes):
+            rows.append(row(uri, variant.config, "in-process", measure(in_process(variant), images, args.repeats),
+                            quality(variant)))
+            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
+        if args.no_http:
+            continue
+        if args.url:
+            speed = measure(over_http(args.url), images, args.repeats)
+        else:
+            with scoring_server(uri, tracking_uri()) as server:
+                speed = measure(over_http(server.url), images, args.repeats)
+        rows.append(row(uri, served.config, "http", speed, {}))
+    table = pd.DataFrame(rows)
+    print(f"\none 640x480 JPEG per request for p50/p95; batches of 8 for images/s\n{table.round(3).to_string(index=False)}")
+    if args.out:
+        table.to_csv(args.out, index=False)
+    if args.plot:
+        frontier(table, args.plot)
+        for uri in models:
+            run_id = mlflow.models.get_model_info(uri).run_id
+            mlflow.MlflowClient().log_artifact(run_id, args.plot, "bench")
+        print(f"wrote {args.plot}" + (f" and logged it into the runs of {', '.join(models)}" if models else ""))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def add_target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running `mlflow models serve`, e.g. http://127.0.0.1:5001")
     target.add_argument("--model", help="run locally instead: a model URI, e.g. models:/face-segmenter@champion")
+    target.add_argument("--onnx", help="run an exported ONNX file locally (export/model.onnx): no MLflow store or server")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's and MLflow's logs too")
 
 
@@ -233,6 +234,14 @@ def predictor(args):
     """A function from base64 images to the model's output table: over HTTP, or in this process."""
     if args.url:
         return lambda b64: predict_http(args.url, b64, args.threshold)
+    params = {"threshold": args.threshold} if args.threshold is not None else None
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise FileNotFoundError(f"{args.onnx}: no such ONNX file (the export stage writes export/model.onnx)")
+        with warnings.catch_warnings(record=not args.verbose):  # MLflow's advice on type hints, as the class loads
+            from pipeline.serving import FaceSegmenter
+
+            return in_process(FaceSegmenter.from_onnx(args.onnx).predict, params)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -251,15 +260,20 @@ def predictor(args):
     except MlflowException as err:
         raise RuntimeError(f"cannot load {args.model} from the MLflow store {uri}: {err.message}. Train and export one "
                            f"(`make run`), or name another (`models:/<name>/<version>`)") from None
-    params = {"threshold": args.threshold} if args.threshold is not None else None
+    return in_process(lambda _, frame, params: model.predict(frame, params=params), params)
 
-    def predict(b64: list[str]) -> pd.DataFrame:
+
+def in_process(predict, params: dict | None):
+    """Base64 images -> output table through a model in this process; its 400s become ValueErrors."""
+    from mlflow.exceptions import MlflowException
+
+    def call(b64: list[str]) -> pd.DataFrame:
         try:
-            return model.predict(pd.DataFrame({"image": b64}), params=params)
+            return predict(None, pd.DataFrame({"image": b64}), params)
         except MlflowException as err:  # the model's own 400s: bad images or params
             raise ValueError(err.message) from None
 
-    return predict
+    return call
 
 
 def overlay_paths(files: list[Path], out: Path) -> list[Path]:

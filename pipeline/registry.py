@@ -24,21 +24,24 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CODE_DIR = Path(__file__).parent  # the `pipeline` package, shipped with the model as its code
-REQUIREMENTS = ["tensorflow", "keras", "mlflow", "opencv-python-headless", "pandas", "numpy", "pillow", "scipy", "pyyaml"]
+REQUIREMENTS = ["tensorflow", "keras", "mlflow", "onnxruntime", "opencv-python-headless", "pandas", "numpy", "pillow",
+                "scipy", "pyyaml"]
 
 
-def log_model(name: str, step: int, keras_path: Path, config: ServingConfig, example_image: np.ndarray):
-    """Log FaceSegmenter into the active run: the Keras model, its serving config, a signature with
-    the request params, an input example with its prediction, and the pinned requirements.
+def log_model(name: str, step: int, keras_path: Path, onnx_path: Path, config: ServingConfig,
+              example_image: np.ndarray):
+    """Log FaceSegmenter into the active run: the Keras model and its ONNX export (`config.engine` says
+    which one serves), its serving config, a signature with the request params, an input example
+    with its prediction, and the pinned requirements.
 
     `step` is the kept weights' epoch: MLflow links the run's metrics at that step (val, train
     and the test metrics evaluate logs there) to the logged model.
     """
-    from pipeline.model import load_model
+    from pipeline.onnx_model import OnnxModel
     from pipeline.serving import FaceSegmenter, encode_image, predict_images
 
     example = pd.DataFrame({"image": [encode_image(example_image, ".jpg")]})
-    output = predict_images(load_model(keras_path), [example_image], config)
+    output = predict_images(OnnxModel(onnx_path), [example_image], config)
     params = {"threshold": config.threshold, "threshold_ratio": config.threshold_ratio, "min_area": config.min_area}
     with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values: n_faces never is
         warnings.simplefilter("ignore", UserWarning)
@@ -50,7 +53,7 @@ def log_model(name: str, step: int, keras_path: Path, config: ServingConfig, exa
             name=name,
             step=step,
             python_model=FaceSegmenter(),
-            artifacts={"keras_model": str(keras_path), "config": str(config_path)},
+            artifacts={"keras_model": str(keras_path), "onnx_model": str(onnx_path), "config": str(config_path)},
             code_paths=[str(CODE_DIR)],
             signature=signature,
             input_example=(example, {"threshold": config.threshold}),
@@ -132,7 +135,7 @@ def promote(client: MlflowClient, name: str, version, metric: str) -> dict:
     return {"alias": alias, "reason": reason}
 
 
-def describe_version(metrics: dict, config: ServingConfig, decision: dict) -> str:
+def describe_version(metrics: dict, config: ServingConfig, decision: dict, parity: dict) -> str:
     """The version's description: what it scored, on which test set, why it has its alias."""
     caveat = f"Caveat: {config.caveat}.\n" if config.caveat else ""
     labels = (f"Labels {', '.join(config.classes)}: mAP@0.5 {metrics['map50']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
@@ -142,8 +145,10 @@ def describe_version(metrics: dict, config: ServingConfig, decision: dict) -> st
     return (f"{caveat}Test dice {metrics['dice']:.4f} (IoU {metrics['iou']:.4f}, pooled {metrics['pooled_dice']:.4f}, "
             f"face recall {metrics['face_recall']:.3f}, precision {metrics['face_precision']:.3f}) on "
             f"{metrics['n_images']} test images, fingerprint {config.test_fingerprint}.\n{labels}{policy}"
-            f"Served: input {list(config.tta_sizes)} px, flip {config.flip_tta}, threshold {config.threshold}, "
-            f"ratio {config.threshold_ratio}, min_area {config.min_area}.\n"
+            f"Served by {config.engine}: input {list(config.tta_sizes)} px, flip {config.flip_tta}, threshold {config.threshold}, "
+            f"ratio {config.threshold_ratio}, min_area {config.min_area}. ONNX parity on the test images: dice "
+            f"{parity['onnx_dice']:.4f} vs Keras {parity['keras_dice']:.4f}, largest probability difference "
+            f"{parity['max_prob_difference']:.2g}.\n"
             f"Alias {decision['alias']}: {decision['reason']}.")
 
 

@@ -161,12 +161,11 @@ def guard_scoring_server() -> None:
 
 
 class FaceSegmenter(mlflow.pyfunc.PythonModel):
-    """Loads the Keras model once; per request only decode, predict and postprocess."""
+    """Loads the model once (ONNX Runtime or Keras, as `config.engine` says); per request only decode,
+    predict and postprocess."""
 
     def load_context(self, context):
-        from pipeline.model import load_model
-
-        self.model = load_model(context.artifacts["keras_model"])
+        self.artifacts = dict(context.artifacts)  # file paths: the Keras and the ONNX model, the config
         with open(context.artifacts["config"]) as fh:
             values = json.load(fh)
         try:
@@ -175,7 +174,29 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
             raise ConfigError(f"{err}. This model was exported by another version of the pipeline: serve it with "
                               f"`mlflow models serve` (it runs the code it ships) or export it again "
                               f"(`dvc repro --force export` where it was trained)") from None
+        if self.config.engine == "onnx":
+            from pipeline.onnx_model import OnnxModel
+
+            self.model = OnnxModel(context.artifacts["onnx_model"], self.config.threads)
+        else:
+            from pipeline.model import load_model
+
+            self.model = load_model(context.artifacts["keras_model"])
         guard_scoring_server()
+        self.warm_up()
+
+    @classmethod
+    def from_onnx(cls, path: str) -> FaceSegmenter:
+        """The served model from an exported ONNX file alone (its settings are inside): no MLflow, no TensorFlow."""
+        from pipeline.onnx_model import OnnxModel
+
+        self = cls()
+        self.model = OnnxModel(path)
+        self.config = self.model.serving_config(path)
+        self.warm_up()
+        return self
+
+    def warm_up(self) -> None:
         for size in self.config.tta_sizes:
             for batch in (1, 2):  # trace now, for any batch size, not during the first requests
                 self.model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))

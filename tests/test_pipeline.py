@@ -38,7 +38,13 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert champion.run_id == run.info.run_id and int(champion.version) == 1
     assert champion.tags["test_fingerprint"] == evaluation["test_fingerprint"]
     registration = json.loads((project / "export/registration.json").read_text())
-    assert registration["alias"] == "champion" and registration["version"] == 1
+    assert registration["alias"] == "champion" and registration["version"] == 1 and registration["engine"] == "onnx"
+    parity = json.loads((project / "metrics/export.json").read_text())  # the served ONNX model against the evaluated Keras one
+    assert parity["onnx_dice"] == pytest.approx(evaluation["dice"], abs=0.005) and parity["keras_dice"] == pytest.approx(evaluation["dice"])
+    assert parity["max_prob_difference"] < 1e-3 and parity["n_images"] == 7
+    assert run.data.metrics["export/dice_difference"] == pytest.approx(parity["dice_difference"])
+    assert (project / "export/model.onnx").stat().st_size > 0
+    assert "ONNX parity on the test images" in champion.description and "Served by onnx" in champion.description
     extract = json.loads((project / "metrics/extract.json").read_text())
     assert extract["n_images"] == 48 and extract["source"] == "synthetic" and extract["classes"] == {}
     assert extract["sources"] == [{"type": "synthetic", "path": None, "n_images": 48, "n_faces": extract["n_faces"], "classes": {}}]

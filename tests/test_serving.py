@@ -200,6 +200,26 @@ def test_client_cli_runs_the_model_locally_without_a_server(project, tmp_path):
     assert "Warning" not in out.stderr and "cuda" not in out.stderr.lower() and "absl" not in out.stderr  # quiet by default
 
 
+def test_the_served_model_runs_onnx_and_the_exported_file_alone_answers_the_same(project, server, tmp_path):
+    from pipeline.onnx_model import OnnxModel
+
+    assert isinstance(mlflow.pyfunc.load_model(MODEL).unwrap_python_model().model, OnnxModel)
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(generate(1, 120, 160, 3, seed=8)[0].image, cv2.COLOR_RGB2BGR))
+    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--onnx",
+                          str(project / "export/model.onnx"), "--out", str(tmp_path / "overlay.png")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env())  # no MLflow store here
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout)
+    served = post(server, request_body([base64.b64encode(photo.read_bytes()).decode()], None)).json()["predictions"][0]
+    assert line["boxes"] == json.loads(served["boxes"]) and line["faces"] == json.loads(served["faces"])
+    assert cv2.imread(str(tmp_path / "overlay.png")).shape[:2] == cv2.imread(str(photo)).shape[:2]
+    assert "Warning" not in out.stderr and not (tmp_path / "mlflow.db").exists()
+    missing = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--onnx", "nope.onnx"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env())
+    assert missing.returncode == 1 and "nope.onnx: no such ONNX file" in missing.stderr
+
+
 def test_client_outside_the_project_says_where_it_looked_and_creates_no_store(tmp_path):
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), np.zeros((32, 32, 3), np.uint8))

@@ -1,0 +1,97 @@
+"""The Keras model as ONNX: faster on CPU (ONNX Runtime), runnable without TensorFlow or MLflow,
+with its serving settings inside, and the parity check that lets it serve what was evaluated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ServingConfig
+from pipeline.evaluation import evaluate
+from pipeline.formats import Sample
+from pipeline.inference import predict_probs
+
+CONFIG_KEY = "facemask.serving_config"  # ONNX metadata: the ServingConfig as JSON
+
+
+class ParityError(RuntimeError):
+    """The exported model does not predict what the evaluated Keras model predicts."""
+
+
+def export_onnx(model, path: str | Path, config: ServingConfig) -> None:
+    """Write `model` as ONNX (any batch size and image side) with `config` in its metadata.
+
+    Keras converts through tf2onnx. The file appears only when complete (written beside, then renamed).
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.predict_on_batch(np.zeros((1, 64, 64, 3), np.float32))  # Keras exports only a model that has run
+    partial = path.with_name(f".{path.name}.partial")
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its conversion steps, at INFO
+    with warnings.catch_warnings():  # the converter's probe for numpy's removed `np.object`
+        warnings.simplefilter("ignore", FutureWarning)
+        model.export(str(partial), format="onnx", verbose=False)
+    proto = onnx.load(str(partial))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CONFIG_KEY, json.dumps(config.to_dict())
+    onnx.save(proto, str(partial))
+    partial.replace(path)
+
+
+class OnnxModel:
+    """An ONNX Runtime session with Keras' `predict_on_batch`, so the inference code runs either."""
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
+        options.inter_op_num_threads = 1  # one graph branch at a time: the U-Net is a chain
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for missing and malformed files
+            raise ValueError(f"{path}: not a loadable ONNX model ({err})") from None
+        self.input = self.session.get_inputs()[0].name
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.asarray(x, np.float32)})[0]
+
+    def serving_config(self, where: str) -> ServingConfig:
+        """The settings export stored in the file: thresholds, input size, classes, limits."""
+        if CONFIG_KEY not in self.metadata:
+            raise ValueError(f"{where}: no serving settings in this ONNX file; use one written by the export stage")
+        return ServingConfig.from_dict(json.loads(self.metadata[CONFIG_KEY]), where)
+
+
+def parity(reference, exported, samples: list[Sample], config: ServingConfig, tolerance: float) -> dict:
+    """Both engines on the same images with the served settings: each one's test dice (and mAP@0.5 for a
+    labelling model) and the largest probability difference. ParityError if the dice differ by more
+    than `tolerance`."""
+    images = [s.image for s in samples]
+    report = {}
+    maps = {}
+    for name, model in (("keras", reference), ("onnx", exported)):
+        maps[name] = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
+        metrics, _ = evaluate(maps[name], samples, config.threshold, config.min_area, config.separate_faces,
+                              config.threshold_ratio, config.classes)
+        report[f"{name}_dice"] = metrics["dice"]
+        if config.classes:
+            report[f"{name}_map50"] = metrics["map50"]
+    report["dice_difference"] = abs(report["onnx_dice"] - report["keras_dice"])
+    report["max_prob_difference"] = float(max(np.abs(a - b).max() for a, b in zip(maps["keras"], maps["onnx"])))
+    report.update(n_images=len(samples), tolerance=tolerance)
+    if report["dice_difference"] > tolerance:
+        raise ParityError(f"the ONNX model's test dice {report['onnx_dice']:.4f} differs from the Keras model's "
+                          f"{report['keras_dice']:.4f} by {report['dice_difference']:.4f}, over export.parity_tolerance "
+                          f"{tolerance} (largest probability difference {report['max_prob_difference']:.4g}): the "
+                          f"conversion changed the model; serve it with export.engine=keras and report the versions "
+                          f"of tf2onnx and onnxruntime")
+    return report

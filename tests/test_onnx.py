@@ -1,0 +1,71 @@
+"""The ONNX export: same maps as Keras on any size and batch, its serving settings inside, parity enforced."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.config import ServingConfig
+from pipeline.inference import predict_probs
+from pipeline.model import build_unet
+from pipeline.onnx_model import OnnxModel, ParityError, export_onnx, parity
+from pipeline.synthetic import generate
+from tests.conftest import LIMITS
+
+CONFIG = ServingConfig(input_size=64, tta_sizes=(64, 96), flip_tta=True, separate_faces=False, threshold=0.5,
+                       threshold_ratio=0.0, min_area=2, test_fingerprint="abc", test_dice=0.5, limits=LIMITS, caveat="",
+                       classes=("incorrect", "with_mask", "without_mask"), engine="onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_unet("mobilenet", 0.25, None, "conv", (16, 16, 8, 8), n_classes=3)
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, path, CONFIG)
+    return model, path
+
+
+def test_onnx_predicts_what_keras_predicts_at_any_size_and_batch(exported):
+    model, path = exported
+    onnx = OnnxModel(path, threads=1)
+    for shape in [(1, 64, 64, 3), (3, 96, 160, 3)]:
+        x = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
+        ours, ref = onnx.predict_on_batch(x), np.asarray(model.predict_on_batch(x))
+        assert ours.shape == ref.shape == (*shape[:3], 4)
+        np.testing.assert_allclose(ours, ref, atol=1e-4)
+    assert not list(path.parent.glob(".*partial*"))  # written beside, then renamed
+
+
+def test_the_file_carries_its_serving_settings(exported, tmp_path):
+    _, path = exported
+    assert OnnxModel(path).serving_config(str(path)) == CONFIG
+    bare = tmp_path / "bare.onnx"
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    with pytest.raises(ValueError, match="bare.onnx: no serving settings"):
+        OnnxModel(bare).serving_config(str(bare))
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.onnx: not a loadable ONNX model"):
+        OnnxModel(tmp_path / "junk.onnx")
+
+
+def test_parity_reports_both_engines_and_fails_on_another_model(exported):
+    model, path = exported
+    samples = generate(4, 64, 96, 2, seed=3)
+    probs = predict_probs(model, [s.image for s in samples], CONFIG.tta_sizes, flip=True)
+    config = dataclasses.replace(CONFIG, threshold=float(np.median(np.concatenate([p[..., 0].ravel() for p in probs]))))  # masks of half the pixels
+    report = parity(model, OnnxModel(path), samples, config, tolerance=0.005)
+    assert report["dice_difference"] <= 1e-6 and report["max_prob_difference"] < 1e-4 and report["n_images"] == 4
+    assert 0 < report["onnx_dice"] < 1 and "onnx_map50" in report and "keras_map50" in report
+    import keras
+
+    keras.utils.set_random_seed(1)
+    other = build_unet("mobilenet", 0.25, None, "conv", (16, 16, 8, 8), n_classes=3)
+    with pytest.raises(ParityError, match="over export.parity_tolerance 0.0"):
+        parity(model, other, samples, config, tolerance=0.0)
