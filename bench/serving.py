@@ -3,6 +3,7 @@
     python -m bench.serving                                     # the champion, Keras and ONNX at its own size
     python -m bench.serving --model models:/face-segmenter/3 --model models:/face-segmenter/5 --sizes 384 512
     python -m bench.serving --preset widerface --preset fast --no-http   # architectures only: latency, no dice
+    python -m bench.serving --preset fast -S '++data.labels={with_mask:with_mask,without_mask:without_mask}'  # + labels
     python -m bench.serving --model models:/face-segmenter@champion --plot frontier.png --out serving.csv
 
 Latency is one 640x480 JPEG through the whole served path (decode, every pass, postprocess),
@@ -84,8 +85,9 @@ def variants(served: FaceSegmenter, engines: list[str], sizes: list[int]) -> Ite
             yield variant
 
 
-def preset_model(preset: str, engine: str) -> FaceSegmenter:
-    """A preset's network and served settings with random weights: its latency, not its quality."""
+def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmenter:
+    """A preset's network and served settings with random weights: its latency, not its quality.
+    With mask-wearing classes (`-S ++data.labels=...`), the labelling head and labelling too."""
     import tempfile
 
     from pipeline.config import Params, build, compose
@@ -93,14 +95,15 @@ def preset_model(preset: str, engine: str) -> FaceSegmenter:
     from pipeline.model import average_models, build_unet
     from pipeline.onnx_model import OnnxModel, export_onnx
 
-    params = build(Params, compose([f"preset={preset}", "model.weights=none"]), f"preset {preset}")
-    m, e = params.model, params.evaluate
-    network = average_models([build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, name=f"member{k}")
-                              for k in range(params.train.ensemble)])
+    params = build(Params, compose([f"preset={preset}", "model.weights=none", *overrides]), f"preset {preset} {overrides}")
+    m, e, classes = params.model, params.evaluate, params.data.classes
+    network = average_models([build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, name=f"member{k}",
+                                         n_classes=len(classes)) for k in range(params.train.ensemble)])
     config = ServingConfig(input_size=m.input_size, tta_sizes=tuple(tta_sizes(m.input_size, e.tta_scales)),
                            flip_tta=e.flip_tta, separate_faces=e.separate_faces, threshold=0.5,
                            threshold_ratio=e.threshold_ratio, min_area=e.min_area, test_fingerprint="", test_dice=0.0,
-                           limits=params.export.limits, caveat="", engine=engine, threads=params.export.threads)
+                           limits=params.export.limits, caveat="", classes=classes, engine=engine,
+                           threads=params.export.threads)
     segmenter = FaceSegmenter()
     if engine == "onnx":
         path = tempfile.mkdtemp() + "/model.onnx"
@@ -147,7 +150,7 @@ def over_http(url: str) -> Callable[[list[str]], object]:
 
 
 def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict) -> dict:
-    return {"model": name, "engine": config.engine, "input_px": config.input_size, "passes":
+    return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes), "passes":
             len(config.tta_sizes) * (2 if config.flip_tta else 1), "where": where, **speed, **scores}
 
 
@@ -178,6 +181,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="a registered model URI (repeatable); "
                         "default: models:/face-segmenter@champion unless --preset is given")
     parser.add_argument("--preset", action="append", default=[], help="a preset's network, random weights (repeatable)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[],
+                        help="a param override for the --preset networks, e.g. 'model.input_size=384'")
     parser.add_argument("--engines", nargs="+", default=["keras", "onnx"], choices=["keras", "onnx"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[], help="input sides to try (default: each model's own)")
     parser.add_argument("--url", help="a running server for the (single) --model; default: start one per model")
@@ -191,8 +196,9 @@ def main() -> None:
     mlflow.set_tracking_uri(tracking_uri())
     for preset in args.preset:
         for engine in args.engines:
-            segmenter = preset_model(preset, engine)
-            rows.append(row(f"preset {preset}", segmenter.config, "in-process",
+            segmenter = preset_model(preset, engine, args.overrides)
+            name = f"preset {preset}" + (" " + " ".join(args.overrides) if args.overrides else "")
+            rows.append(row(name, segmenter.config, "in-process",
                             measure(in_process(segmenter), images, args.repeats), {}))
             print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
     for uri in models:

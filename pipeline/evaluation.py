@@ -66,6 +66,13 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
     return metrics, table, preds
 
 
+def confusion_rows(confusion: list[list[int]], classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row (actual, predicted) per found face with a known class: what DVC's confusion template draws.
+    Header only for a face-only model."""
+    rows = [(classes[i], classes[j]) for i, counts in enumerate(confusion) for j, n in enumerate(counts) for _ in range(n)]
+    return pd.DataFrame(rows, columns=["actual", "predicted"])
+
+
 def confusion_figure(confusion: list[list[int]], classes: tuple[str, ...]):
     """Matplotlib figure of the mask-wearing confusion matrix (rows true, columns predicted)."""
     import matplotlib

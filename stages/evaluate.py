@@ -7,7 +7,7 @@ import mlflow
 
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
 from pipeline.drawing import comparison
-from pipeline.evaluation import confusion_figure, evaluate_model
+from pipeline.evaluation import confusion_figure, confusion_rows, evaluate_model
 from pipeline.inference import tta_sizes
 from pipeline.io import atomic_path, read_json, write_csv, write_json
 from pipeline.masks import boxes_to_mask
@@ -17,6 +17,7 @@ from pipeline.tracking import log_split, resume_run
 from stages.common import MODEL, RUN, SERVING_CONFIG, run_stage, split_samples
 
 METRICS, THRESHOLDS, GALLERY = "metrics/eval.json", "plots/thresholds.csv", "eval/gallery"
+CONFUSION = "plots/confusion.csv"
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
                             test_map50=metrics.get("map50"))
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)
+    write_csv(CONFUSION, confusion_rows(metrics.get("confusion", []), classes))
     write_json(METRICS, metrics)
     write_json(SERVING_CONFIG, serving.to_dict())
     panels = {}

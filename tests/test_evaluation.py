@@ -45,3 +45,13 @@ def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
     assert fixed["threshold"] == 0.5 and same_table.equals(table)
     # Probabilities are ~0.064: nothing passes 0.5, which scores 1 only on the images without faces.
     assert fixed["dice"] == pytest.approx(np.mean([len(s.boxes) == 0 for s in test])) != chosen["dice"]
+
+
+def test_confusion_rows_give_one_row_per_labelled_face_for_dvc_plots():
+    from pipeline.evaluation import confusion_rows
+
+    rows = confusion_rows([[2, 0], [1, 3]], ("with_mask", "without_mask"))
+    assert list(rows.columns) == ["actual", "predicted"] and len(rows) == 6
+    assert rows.value_counts().to_dict() == {("with_mask", "with_mask"): 2, ("without_mask", "with_mask"): 1,
+                                             ("without_mask", "without_mask"): 3}
+    assert confusion_rows([], ()).empty  # a face-only model: the header alone

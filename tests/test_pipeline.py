@@ -44,6 +44,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert parity["max_prob_difference"] < 1e-3 and parity["n_images"] == 7
     assert run.data.metrics["export/dice_difference"] == pytest.approx(parity["dice_difference"])
     assert (project / "export/model.onnx").stat().st_size > 0
+    assert (project / "plots/confusion.csv").read_text().strip() == "actual,predicted"  # face-only: no classes to confuse
     assert "ONNX parity on the test images" in champion.description and "Served by onnx" in champion.description
     extract = json.loads((project / "metrics/extract.json").read_text())
     assert extract["n_images"] == 48 and extract["source"] == "synthetic" and extract["classes"] == {}
