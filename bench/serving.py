@@ -150,7 +150,7 @@ def over_http(url: str) -> Callable[[list[str]], object]:
 
 
 def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict) -> dict:
-    return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes), "passes":
+    return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes), "tta_passes":
             len(config.tta_sizes) * (2 if config.flip_tta else 1), "where": where, **speed, **scores}
 
 
