@@ -23,8 +23,8 @@ import pandas as pd
 import requests
 
 from bench.serving import photos
-from pipeline.client import request_body
-from bench.server import scoring_server
+from ops.servers import scoring_server
+from pipeline.serving.client import request_body
 from pipeline.tracking import tracking_uri
 
 

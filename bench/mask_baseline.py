@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from pipeline.config import Params, build, compose, resolve_path
-from pipeline.formats import IMAGE_SUFFIXES, Report, read_image_file, read_voc_folder, to_tables
-from pipeline.split import split_dataset
+from pipeline.data.formats import IMAGE_SUFFIXES, Report, read_image_file, read_voc_folder, to_tables
+from pipeline.data.split import split_dataset
 
 SCENES_CLASSES = {"with_mask": "with_mask", "without_mask": "without_mask", "mask_weared_incorrect": "incorrect"}
 

@@ -20,18 +20,17 @@ import argparse
 import logging
 import os
 import time
-
 from dataclasses import replace
 
 import pandas as pd
 
 from pipeline.config import Params, SourceConfig, build, compose, resolve_path
-from pipeline.evaluation import evaluate_model
-from pipeline.formats import Report, read_images_npy, read_yolo_folder, to_tables
-from pipeline.model import load_model
-from pipeline.sources import read_sources
-from pipeline.split import kfold, split_dataset
-from pipeline.training import summarize, train_model
+from pipeline.data.formats import Report, read_images_npy, read_yolo_folder, to_tables
+from pipeline.data.sources import read_sources
+from pipeline.data.split import kfold, split_dataset
+from pipeline.evaluation.evaluate import evaluate_model
+from pipeline.model.network import load_model
+from pipeline.model.training import summarize, train_model
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]

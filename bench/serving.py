@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 import requests
 
-from bench.server import scoring_server
-from pipeline.client import request_body
+from ops.servers import scoring_server
 from pipeline.config import ServingConfig
-from pipeline.serving import FaceSegmenter, encode_image
-from pipeline.synthetic import generate
+from pipeline.data.synthetic import generate
+from pipeline.serving.client import request_body
+from pipeline.serving.pyfunc import FaceSegmenter, encode_image
 from pipeline.tracking import tracking_uri
 
 
@@ -67,8 +67,8 @@ def resized(config: ServingConfig, size: int, engine: str) -> ServingConfig:
 
 def variants(served: FaceSegmenter, engines: list[str], sizes: list[int]) -> Iterator[FaceSegmenter]:
     """The served model with each engine and input side; engines its version does not ship are skipped."""
-    from pipeline.model import load_model
-    from pipeline.onnx_model import OnnxModel
+    from pipeline.model.network import load_model
+    from pipeline.serving.onnx_model import OnnxModel
 
     artifacts = getattr(served, "artifacts", {})
     loaders = {"keras": lambda: load_model(artifacts["keras_model"]),
@@ -91,19 +91,15 @@ def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmente
     import tempfile
 
     from pipeline.config import Params, build, compose
-    from pipeline.inference import tta_sizes
-    from pipeline.model import average_models, build_unet
-    from pipeline.onnx_model import OnnxModel, export_onnx
+    from pipeline.evaluation.evaluate import serving_config
+    from pipeline.model.network import average_models, build_unet
+    from pipeline.serving.onnx_model import OnnxModel, export_onnx
 
     params = build(Params, compose([f"preset={preset}", "model.weights=none", *overrides]), f"preset {preset} {overrides}")
-    m, e, classes = params.model, params.evaluate, params.data.classes
+    m = params.model
     network = average_models([build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, name=f"member{k}",
-                                         n_classes=len(classes)) for k in range(params.train.ensemble)])
-    config = ServingConfig(input_size=m.input_size, tta_sizes=tuple(tta_sizes(m.input_size, e.tta_scales)),
-                           flip_tta=e.flip_tta, separate_faces=e.separate_faces, threshold=0.5,
-                           threshold_ratio=e.threshold_ratio, min_area=e.min_area, test_fingerprint="", test_dice=0.0,
-                           limits=params.export.limits, caveat="", classes=classes, engine=engine,
-                           threads=params.export.threads)
+                                         n_classes=len(params.data.classes)) for k in range(params.train.ensemble)])
+    config = dataclasses.replace(serving_config(params), caveat="", engine=engine, threads=params.export.threads)
     segmenter = FaceSegmenter()
     if engine == "onnx":
         path = tempfile.mkdtemp() + "/model.onnx"
@@ -116,9 +112,9 @@ def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmente
 
 def quality(segmenter: FaceSegmenter) -> dict[str, float]:
     """Dice and face recall on the workspace's test split, if it is the split the model was evaluated on."""
-    from pipeline.evaluation import evaluate
-    from pipeline.formats import fingerprint
-    from pipeline.inference import predict_probs
+    from pipeline.data.formats import fingerprint
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.model.inference import predict_probs
     from stages.common import split_samples
 
     try:

@@ -199,11 +199,13 @@ class ExportConfig:
     engine: Literal["onnx", "keras"]  # what the served model runs; ONNX is always written and checked
     threads: int  # ONNX Runtime's threads per request (0: its default, one per physical core)
     parity_tolerance: float  # largest test-dice difference allowed between the ONNX and the Keras model
+    parity_images: int  # test images both engines predict, for the largest probability difference
     limits: Limits
 
     def __post_init__(self):
         _check(self.threads >= 0, "export.threads", "must be >= 0 (0: one per core)")
         _check(0 <= self.parity_tolerance < 1, "export.parity_tolerance", "must be in [0, 1)")
+        _check(self.parity_images >= 1, "export.parity_images", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ class ServingConfig:
     caveat: str  # returned with every prediction when not "" (the synthetic demo says so)
     classes: tuple[str, ...] = ()  # the mask-wearing classes the model labels faces with; () for a face-only model
     test_map50: float | None = None  # mAP@0.5 on the test split, for a model with classes
-    engine: str = "keras"  # keras | onnx: set by export (evaluate measures the Keras model; export checks parity)
+    engine: Literal["keras", "onnx"] = "keras"  # set by export (evaluate measures the Keras model; export checks parity)
     threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
 
     @property

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Params, assert_params_unchanged, flatten, project_root
-from pipeline.formats import Sample
+from pipeline.data.formats import Sample
 from pipeline.io import read_json
 
 

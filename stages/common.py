@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from pipeline.formats import Sample, load_samples
+from pipeline.data.formats import Sample, load_samples
 
 DATA_DIR, SPLIT = "data/extracted", "data/split.csv"
 MODEL, RUN = "models/model.keras", "models/run.json"

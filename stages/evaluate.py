@@ -5,14 +5,13 @@ import logging
 import cv2
 import mlflow
 
-from pipeline.config import ServingConfig, assert_params_unchanged, load_params
-from pipeline.drawing import comparison
-from pipeline.evaluation import confusion_figure, confusion_rows, evaluate_model
-from pipeline.inference import tta_sizes
+from pipeline.config import assert_params_unchanged, load_params
+from pipeline.data.masks import boxes_to_mask
+from pipeline.evaluation.evaluate import confusion_figure, confusion_rows, evaluate_model, serving_config
+from pipeline.evaluation.metrics import mask_dice
 from pipeline.io import atomic_path, read_json, write_csv, write_json
-from pipeline.masks import boxes_to_mask
-from pipeline.metrics import mask_dice
-from pipeline.model import load_model
+from pipeline.model.network import load_model
+from pipeline.serving.drawing import comparison
 from pipeline.tracking import log_split, resume_run
 from stages.common import MODEL, RUN, SERVING_CONFIG, run_stage, split_samples
 
@@ -26,12 +25,7 @@ def main() -> None:
     test = split_samples("test")
     classes = params.data.classes
     metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size, classes)
-    serving = ServingConfig(input_size=size, tta_sizes=tuple(tta_sizes(size, cfg.tta_scales)), flip_tta=cfg.flip_tta,
-                            separate_faces=cfg.separate_faces, threshold=metrics["threshold"],
-                            threshold_ratio=cfg.threshold_ratio, min_area=cfg.min_area,
-                            test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
-                            limits=params.export.limits, caveat=params.caveat, classes=classes,
-                            test_map50=metrics.get("map50"))
+    serving = serving_config(params, metrics)
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)
     write_csv(CONFUSION, confusion_rows(metrics.get("confusion", []), classes))

@@ -10,10 +10,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
 from pipeline.io import read_json, write_json
-from pipeline.model import load_model
-from pipeline.onnx_model import OnnxModel, export_onnx, parity
-from pipeline.registry import (describe_version, log_model, promote, register_once, serving_digest, sync_alias_tags,
-                               version_tags)
+from pipeline.model.network import load_model
+from pipeline.serving.onnx_model import OnnxModel, export_onnx, parity
+from pipeline.serving.registry import (describe_version, log_model, promote, register_once, serving_digest,
+                                       sync_alias_tags, version_tags)
 from pipeline.tracking import resume_run
 from stages.common import MODEL, RUN, SERVING_CONFIG, run_stage, split_samples
 
@@ -29,14 +29,15 @@ def main() -> None:
     test = split_samples("test")
     keras_model = load_model(MODEL)
     export_onnx(keras_model, ONNX, config)
-    check = parity(keras_model, OnnxModel(ONNX, cfg.threads), test, config, cfg.parity_tolerance)  # raises if broken
+    onnx = OnnxModel(ONNX, cfg.threads)
+    check = parity(keras_model, onnx, test, config, cfg.parity_tolerance, cfg.parity_images)  # raises if broken
     assert_params_unchanged()
     write_json(PARITY, check)
     with resume_run(params, RUN) as run:
         client, run_id = MlflowClient(), run.info.run_id
         kept = read_json(RUN)["kept_epoch"]
         mlflow.log_metrics({f"export/{k}": v for k, v in check.items()}, step=kept)
-        log_this_model = lambda: log_model(name, kept, Path(MODEL), Path(ONNX), config, test[0].image)  # noqa: E731
+        log_this_model = lambda: log_model(name, kept, Path(MODEL), onnx, config, test[0].image)  # noqa: E731
         model_version = register_once(client, name, run_id, digest, log_this_model, version_tags(config))
         decision = promote(client, name, model_version, config.primary_metric)
         client.update_model_version(name, model_version.version,

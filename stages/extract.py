@@ -3,11 +3,11 @@
 import logging
 from collections import Counter
 
-from pipeline import formats
 from pipeline.config import assert_params_unchanged, load_params
+from pipeline.data import formats
+from pipeline.data.masks import boxes_to_mask
+from pipeline.data.sources import read_sources
 from pipeline.io import write_json
-from pipeline.masks import boxes_to_mask
-from pipeline.sources import read_sources
 from stages.common import DATA_DIR, run_stage
 
 METRICS = "metrics/extract.json"

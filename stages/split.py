@@ -3,9 +3,9 @@
 import logging
 
 from pipeline.config import assert_params_unchanged, load_params
-from pipeline.formats import read_table
+from pipeline.data.formats import read_table
+from pipeline.data.split import split_dataset
 from pipeline.io import write_csv
-from pipeline.split import split_dataset
 from stages.common import DATA_DIR, SPLIT, run_stage
 
 

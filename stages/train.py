@@ -5,10 +5,10 @@ import logging
 import mlflow
 
 from pipeline.config import assert_params_unchanged, load_params
-from pipeline.formats import fingerprint
+from pipeline.data.formats import fingerprint
 from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.model.training import encoder_weights_note, learning_curves, summarize, train_model
 from pipeline.tracking import epoch_logger, log_split, new_run
-from pipeline.training import encoder_weights_note, learning_curves, summarize, train_model
 from stages.common import MODEL, RUN, run_stage, split_samples
 
 METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"

@@ -76,6 +76,10 @@ def project_imports(module: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:k]) + ".__init__" for k in range(1, len(parts)) if not name.endswith("__init__")]  # run first
+        if not (ROOT / (name.replace(".", "/") + ".py")).is_file():
+            continue
         for node in ast.walk(ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 candidates = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
@@ -84,8 +88,7 @@ def project_imports(module: str) -> set[str]:
             else:
                 continue
             todo += [c for c in candidates if (ROOT / (c.replace(".", "/") + ".py")).is_file()]
-    packages = {f"{name.rsplit('.', 1)[0]}.__init__" for name in seen if "." in name}  # run before their modules
-    return seen | {p for p in packages if (ROOT / (p.replace(".", "/") + ".py")).is_file()}
+    return {name for name in seen if (ROOT / (name.replace(".", "/") + ".py")).is_file()}
 
 
 def test_every_stage_depends_on_all_the_code_it_runs():

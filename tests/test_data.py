@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import AugmentConfig
-from pipeline.data import make_dataset, to_arrays
-from pipeline.formats import Sample
-from pipeline.split import split_dataset
+from pipeline.data.dataset import make_dataset, to_arrays
+from pipeline.data.formats import Sample
+from pipeline.data.split import split_dataset
 
 
 def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
@@ -31,7 +31,7 @@ def test_crops_are_the_draws_of_tensorflows_own_flip_and_crop():
     crop is exactly what stateless_random_flip_left_right + stateless_random_crop of the image give."""
     import tensorflow as tf
 
-    from pipeline.data import _augment
+    from pipeline.data.dataset import _augment
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
@@ -84,8 +84,8 @@ def test_split_spreads_a_rare_class_over_every_split(rng):
 
 
 def test_targets_carry_a_channel_per_class_for_faces_that_have_one():
-    from pipeline.data import to_arrays
-    from pipeline.formats import Sample
+    from pipeline.data.dataset import to_arrays
+    from pipeline.data.formats import Sample
 
     sample = Sample("a", np.zeros((32, 32, 3), np.uint8), np.array([[0, 0, 16, 16], [16, 16, 32, 32]], np.float32),
                     ["with_mask", None])

@@ -1,16 +1,14 @@
 import base64
 import io
+from dataclasses import replace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from dataclasses import replace
-
-import pandas as pd
-
-from pipeline.serving import BadInput, decode_batch, decode_image, encode_image
+from pipeline.serving.pyfunc import BadInput, decode_batch, decode_image, encode_image
 from tests.conftest import LIMITS, png_header
 
 

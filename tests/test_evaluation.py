@@ -16,7 +16,7 @@ class _SizeProbe:
 
 
 def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
-    from pipeline.inference import predict_probs, tta_sizes
+    from pipeline.model.inference import predict_probs, tta_sizes
 
     assert tta_sizes(416, [1.0, 1.5]) == [416, 640] and tta_sizes(64, [0.1]) == [32]
     with pytest.raises(ValueError, match="tta_scales"):
@@ -33,8 +33,8 @@ def test_tta_averages_every_size_and_the_mirror_at_the_image_resolution():
 
 
 def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
-    from pipeline.evaluation import evaluate_model
-    from pipeline.synthetic import generate
+    from pipeline.data.synthetic import generate
+    from pipeline.evaluation.evaluate import evaluate_model
 
     val, test = generate(6, 64, 64, 2, seed=1)[:3], generate(6, 64, 64, 2, seed=2)[3:]
     cfg = replace(PARAMS.evaluate, flip_tta=False, tta_scales=(1.0,), min_area=0, threshold_grid=(0.05, 0.1, 0.01),
@@ -48,7 +48,7 @@ def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
 
 
 def test_confusion_rows_give_one_row_per_labelled_face_for_dvc_plots():
-    from pipeline.evaluation import confusion_rows
+    from pipeline.evaluation.evaluate import confusion_rows
 
     rows = confusion_rows([[2, 0], [1, 3]], ("with_mask", "without_mask"))
     assert list(rows.columns) == ["actual", "predicted"] and len(rows) == 6

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import formats
-from pipeline.formats import FormatError, Report, load_samples, write_dataset
-from pipeline.masks import boxes_to_mask
+from pipeline.data import formats
+from pipeline.data.formats import FormatError, Report, load_samples, write_dataset
+from pipeline.data.masks import boxes_to_mask
 from tests.conftest import FACEMASK_SCENES, LIMITS, WIDERFACE, course_array, face, png_header
 
 
@@ -256,7 +256,7 @@ def test_several_sources_are_read_in_order_with_ids_kept_apart(tmp_path):
     """A labelled VOC folder and an unlabelled course file: their faces are trained on together,
     only the VOC faces carry classes, and equal file names stay two images."""
     from pipeline.config import DataConfig, SourceConfig
-    from pipeline.sources import read_sources
+    from pipeline.data.sources import read_sources
 
     voc = voc_folder(tmp_path / "voc", {"row00000.xml": voc_xml("x.jpg", [("without_mask", (1, 1, 9, 9))])}, {"x.jpg": (20, 20)})
     npy = save(tmp_path, [(np.zeros((12, 16, 3), np.uint8), [face(0.1, 0.2, 0.5, 0.6)])])

@@ -1,9 +1,17 @@
 import numpy as np
 import pytest
 
-from pipeline.masks import boxes_to_mask, image_threshold, postprocess
-from pipeline.metrics import (average_precision, box_iou, evaluate_masks, mask_dice, mask_iou, mask_wearing_report, match_boxes,
-                              size_bucket)
+from pipeline.data.masks import boxes_to_mask, image_threshold, postprocess
+from pipeline.evaluation.metrics import (
+    average_precision,
+    box_iou,
+    evaluate_masks,
+    mask_dice,
+    mask_iou,
+    mask_wearing_report,
+    match_boxes,
+    size_bucket,
+)
 
 
 def test_boxes_to_mask_fills_pixel_centres():
@@ -130,7 +138,7 @@ def test_mask_wearing_report_by_hand():
 
 
 def test_each_face_takes_the_class_most_probable_over_its_face_pixels():
-    from pipeline.masks import label_faces
+    from pipeline.data.masks import label_faces
 
     probs = np.zeros((10, 20, 2), np.float32)
     probs[..., 0] = 1.0  # background pixels say class 0 everywhere ...

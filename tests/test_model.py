@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.losses import bce_dice_loss, dice, dice_loss
-from pipeline.model import WeightsError, build_unet, set_trainable
+from pipeline.model.losses import bce_dice_loss, dice, dice_loss
+from pipeline.model.network import WeightsError, build_unet, set_trainable
 from tests.conftest import WEIGHTS
 
 
@@ -45,7 +45,7 @@ def test_missing_weights_file_is_an_error_not_random_init(tmp_path):
 # Keras reads $KERAS_HOME once, at import: the 'imagenet' cache path is exercised in a subprocess.
 IMAGENET_CONV1 = """
 import sys, numpy as np
-from pipeline.model import WeightsError, build_unet
+from pipeline.model.network import WeightsError, build_unet
 try:
     w = build_unet(weights="imagenet").get_layer("encoder").get_layer("conv1").get_weights()[0]
 except WeightsError as err:
@@ -94,7 +94,7 @@ def test_losses_per_image():
 def test_bilinear_upsample_matches_tensorflow_resize_on_any_size():
     import tensorflow as tf
 
-    from pipeline.model import BilinearUpsample2x
+    from pipeline.model.network import BilinearUpsample2x
 
     inputs = keras.Input((None, None, 1))
     model = keras.Model(inputs, BilinearUpsample2x()(inputs))
@@ -104,7 +104,7 @@ def test_bilinear_upsample_matches_tensorflow_resize_on_any_size():
 
 
 def test_a_labelling_unet_outputs_face_then_class_probabilities_and_reloads(tmp_path):
-    from pipeline.model import load_model
+    from pipeline.model.network import load_model
 
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), n_classes=3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32)
@@ -117,7 +117,7 @@ def test_a_labelling_unet_outputs_face_then_class_probabilities_and_reloads(tmp_
 
 def test_class_loss_counts_only_faces_with_a_known_class():
     """Unlabelled face pixels (channel 0 only) add no class loss; a labelled face adds weight x cross-entropy."""
-    from pipeline.losses import FaceAndClassLoss
+    from pipeline.model.losses import FaceAndClassLoss
 
     y_true = np.zeros((1, 4, 4, 3), np.float32)
     y_true[0, :2, :2, 0] = 1  # a face without a class

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from pipeline.config import ServingConfig
-from pipeline.inference import predict_probs
-from pipeline.model import build_unet
-from pipeline.onnx_model import OnnxModel, ParityError, export_onnx, parity
-from pipeline.synthetic import generate
+from pipeline.data.formats import fingerprint
+from pipeline.data.synthetic import generate
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.model.inference import predict_probs
+from pipeline.model.network import build_unet
+from pipeline.serving.onnx_model import OnnxModel, ParityError, export_onnx, parity
 from tests.conftest import LIMITS
 
 CONFIG = ServingConfig(input_size=64, tta_sizes=(64, 96), flip_tta=True, separate_faces=False, threshold=0.5,
@@ -55,17 +57,23 @@ def test_the_file_carries_its_serving_settings(exported, tmp_path):
         OnnxModel(tmp_path / "junk.onnx")
 
 
-def test_parity_reports_both_engines_and_fails_on_another_model(exported):
+def test_parity_checks_onnx_against_the_evaluated_figures_and_fails_on_another_model(exported):
     model, path = exported
     samples = generate(4, 64, 96, 2, seed=3)
     probs = predict_probs(model, [s.image for s in samples], CONFIG.tta_sizes, flip=True)
-    config = dataclasses.replace(CONFIG, threshold=float(np.median(np.concatenate([p[..., 0].ravel() for p in probs]))))  # masks of half the pixels
-    report = parity(model, OnnxModel(path), samples, config, tolerance=0.005)
-    assert report["dice_difference"] <= 1e-6 and report["max_prob_difference"] < 1e-4 and report["n_images"] == 4
-    assert 0 < report["onnx_dice"] < 1 and "onnx_map50" in report and "keras_map50" in report
+    threshold = float(np.median(np.concatenate([p[..., 0].ravel() for p in probs])))  # masks of half the pixels
+    measured, _ = evaluate(probs, samples, threshold, CONFIG.min_area, False, 0.0, CONFIG.classes)  # as evaluate measured
+    config = dataclasses.replace(CONFIG, threshold=threshold, test_fingerprint=fingerprint(samples), test_dice=measured["dice"],
+                                 test_map50=measured["map50"])
+    report = parity(model, OnnxModel(path), samples, config, tolerance=0.005, n_compared=2)
+    assert report["dice_difference"] <= 1e-6 and report["max_prob_difference"] < 1e-4
+    assert report["n_images"] == 4 and report["n_compared"] == 2
+    assert 0 < report["onnx_dice"] < 1 and report["onnx_map50"] == pytest.approx(report["keras_map50"])
+    with pytest.raises(ValueError, match="not the test split"):
+        parity(model, OnnxModel(path), samples[:3], config, tolerance=0.005, n_compared=2)
     import keras
 
     keras.utils.set_random_seed(1)
     other = build_unet("mobilenet", 0.25, None, "conv", (16, 16, 8, 8), n_classes=3)
     with pytest.raises(ParityError, match="over export.parity_tolerance 0.0"):
-        parity(model, other, samples, config, tolerance=0.0)
+        parity(model, other, samples, config, tolerance=0.0, n_compared=2)

@@ -41,7 +41,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     assert registration["alias"] == "champion" and registration["version"] == 1 and registration["engine"] == "onnx"
     parity = json.loads((project / "metrics/export.json").read_text())  # the served ONNX model against the evaluated Keras one
     assert parity["onnx_dice"] == pytest.approx(evaluation["dice"], abs=0.005) and parity["keras_dice"] == pytest.approx(evaluation["dice"])
-    assert parity["max_prob_difference"] < 1e-3 and parity["n_images"] == 7
+    assert parity["max_prob_difference"] < 1e-3 and parity["n_images"] == 7 and parity["n_compared"] == 7
     assert run.data.metrics["export/dice_difference"] == pytest.approx(parity["dice_difference"])
     assert (project / "export/model.onnx").stat().st_size > 0
     assert (project / "plots/confusion.csv").read_text().strip() == "actual,predicted"  # face-only: no classes to confuse

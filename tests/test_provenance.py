@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline.registry import register_once
+from pipeline.serving.registry import register_once
 from tests.pipeline_fixture import TINY, client, deep_merge, env, make_clone, sh
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server

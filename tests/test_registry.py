@@ -5,7 +5,7 @@ from dataclasses import replace
 from mlflow import MlflowClient
 
 from pipeline.config import ServingConfig
-from pipeline.registry import promote, version_tags
+from pipeline.serving.registry import promote, version_tags
 from tests.conftest import LIMITS
 
 NAME = "face-segmenter"

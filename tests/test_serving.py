@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import requests
 
-from pipeline.client import decode_mask, request_body
-from pipeline.serving import encode_image
-from bench.server import scoring_server
-from pipeline.synthetic import generate
+from ops.servers import scoring_server
+from pipeline.data.synthetic import generate
+from pipeline.serving.client import decode_mask, request_body
+from pipeline.serving.pyfunc import encode_image
 from tests.conftest import WIDERFACE
 from tests.pipeline_fixture import env
 
@@ -93,7 +93,7 @@ def test_boxes_fall_on_faces(server):
     assert response.status_code == 200
     inside = total = 0
     coverage = []
-    from pipeline.masks import boxes_to_mask
+    from pipeline.data.masks import boxes_to_mask
 
     for s, row in zip(scenes, response.json()["predictions"]):
         truth = boxes_to_mask(s.boxes, s.height, s.width).astype(bool)
@@ -172,7 +172,7 @@ def test_client_cli_over_http_writes_overlays(server, tmp_path):
     folder.mkdir()
     for i, s in enumerate(generate(3, 80, 120, 2, seed=4)):
         cv2.imwrite(str(folder / f"p{i}.jpg"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(folder), "--url", server,
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", str(folder), "--url", server,
                           "--out", str(tmp_path / "overlays")], capture_output=True, text=True, env=env(), timeout=300)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
@@ -189,7 +189,7 @@ def test_client_cli_runs_the_model_locally_without_a_server(project, tmp_path):
     photo = tmp_path / "photo.png"
     scene = generate(1, 100, 100, 2, seed=6)[0]
     cv2.imwrite(str(photo), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--model", MODEL, "--threshold", "0.3",
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", str(photo), "--model", MODEL, "--threshold", "0.3",
                           "--out", str(tmp_path / "overlay.png")], capture_output=True, text=True, timeout=300,
                          env={**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -201,12 +201,12 @@ def test_client_cli_runs_the_model_locally_without_a_server(project, tmp_path):
 
 
 def test_the_served_model_runs_onnx_and_the_exported_file_alone_answers_the_same(project, server, tmp_path):
-    from pipeline.onnx_model import OnnxModel
+    from pipeline.serving.onnx_model import OnnxModel
 
     assert isinstance(mlflow.pyfunc.load_model(MODEL).unwrap_python_model().model, OnnxModel)
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(generate(1, 120, 160, 3, seed=8)[0].image, cv2.COLOR_RGB2BGR))
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--onnx",
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", str(photo), "--onnx",
                           str(project / "export/model.onnx"), "--out", str(tmp_path / "overlay.png")],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env())  # no MLflow store here
     assert out.returncode == 0, out.stderr[-3000:]
@@ -215,7 +215,7 @@ def test_the_served_model_runs_onnx_and_the_exported_file_alone_answers_the_same
     assert line["boxes"] == json.loads(served["boxes"]) and line["faces"] == json.loads(served["faces"])
     assert cv2.imread(str(tmp_path / "overlay.png")).shape[:2] == cv2.imread(str(photo)).shape[:2]
     assert "Warning" not in out.stderr and not (tmp_path / "mlflow.db").exists()
-    missing = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--onnx", "nope.onnx"],
+    missing = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", str(photo), "--onnx", "nope.onnx"],
                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env())
     assert missing.returncode == 1 and "nope.onnx: no such ONNX file" in missing.stderr
 
@@ -223,7 +223,7 @@ def test_the_served_model_runs_onnx_and_the_exported_file_alone_answers_the_same
 def test_client_outside_the_project_says_where_it_looked_and_creates_no_store(tmp_path):
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), np.zeros((32, 32, 3), np.uint8))
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "predict", str(photo), "--model", MODEL], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", str(photo), "--model", MODEL], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300, env=env())
     assert out.returncode == 1 and f"no MLflow store here: {tmp_path / 'mlflow.db'} does not exist" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -278,7 +278,7 @@ def test_client_names_clashing_overlays_apart_and_fails_loudly_when_it_cannot_wr
     for folder, ext in (("a", ".jpg"), ("b", ".png")):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / f"x{ext}"), generate(1, 64, 64, 1, seed=2)[0].image)
-    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.client", "predict", *args, "--url", server],  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline.serving.client", "predict", *args, "--url", server],  # noqa: E731
                                        capture_output=True, text=True, env=env(), timeout=300)
     out = run(str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.png"), "--out", str(tmp_path / "o"))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -318,7 +318,7 @@ def test_video_cli_annotates_every_frame_and_predicts_every_nth(server, tmp_path
     write_video(tmp_path / "in.mp4", stills)
     source, fps = read_video(tmp_path / "in.mp4")
     assert len(source) == 7
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", str(tmp_path / "in.mp4"), "--url", server,
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "video", str(tmp_path / "in.mp4"), "--url", server,
                           "--out", str(tmp_path / "annotated.mp4"), "--stride", "2", "--json"],
                          capture_output=True, text=True, env=env(), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -339,11 +339,11 @@ def test_video_cli_annotates_every_frame_and_predicts_every_nth(server, tmp_path
 
 def test_video_cli_says_what_it_cannot_open(server, tmp_path):
     for source, message in [("7", "cannot open camera 7"), (str(tmp_path / "none.mp4"), "no such video file")]:
-        out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", source, "--url", server,
+        out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "video", source, "--url", server,
                               "--out", str(tmp_path / "x.mp4")], capture_output=True, text=True, env=env(), timeout=120)
         assert out.returncode == 1 and message in out.stderr, out.stderr[-2000:]
         assert not (tmp_path / "x.mp4").exists()
     (tmp_path / "not-a-video.mp4").write_bytes(b"\x00" * 100)
-    out = subprocess.run([sys.executable, "-m", "pipeline.client", "video", str(tmp_path / "not-a-video.mp4"), "--url", server],
+    out = subprocess.run([sys.executable, "-m", "pipeline.serving.client", "video", str(tmp_path / "not-a-video.mp4"), "--url", server],
                          capture_output=True, text=True, env=env(), timeout=120)
     assert out.returncode == 1 and "not-a-video.mp4" in out.stderr, out.stderr[-2000:]

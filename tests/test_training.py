@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.data import to_arrays
-from pipeline.losses import dice
-from pipeline.model import build_unet
+from pipeline.data.dataset import to_arrays
+from pipeline.model.losses import dice
+from pipeline.model.network import build_unet
 from tests.conftest import PARAMS
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server
@@ -25,8 +25,8 @@ TRAIN = replace(PARAMS.train, batch_size=4, seed=0, loss="bce_dice", crop_size=N
 def test_fit_keeps_the_weights_it_validated_best(ema, use_val):
     """With weight averaging too, the returned model is the one that scored the best val dice;
     with train.use_val (val images are training images) it is the last epoch's."""
-    from pipeline.synthetic import generate
-    from pipeline.training import fit, summarize
+    from pipeline.data.synthetic import generate
+    from pipeline.model.training import fit, summarize
 
     samples = generate(40, 64, 64, 2, seed=3)
     train, val = to_arrays(samples[:32], 64), to_arrays(samples[32:], 64)
@@ -49,8 +49,8 @@ def test_val_every_skips_validations_without_changing_the_training():
     and the phase's last epoch is always validated."""
     import tensorflow as tf
 
-    from pipeline.synthetic import generate
-    from pipeline.training import fit
+    from pipeline.data.synthetic import generate
+    from pipeline.model.training import fit
 
     tf.config.experimental.enable_op_determinism()  # as train_model does
     samples = generate(24, 64, 64, 2, seed=3)
@@ -71,9 +71,9 @@ def test_val_every_skips_validations_without_changing_the_training():
 def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
     """train.ensemble: 2 gives one saveable model whose output is the mean of two distinct members,
     each with its own length; the first is exactly the single model the same seed trains."""
-    from pipeline.model import load_model
-    from pipeline.synthetic import generate
-    from pipeline.training import summarize, train_model
+    from pipeline.data.synthetic import generate
+    from pipeline.model.network import load_model
+    from pipeline.model.training import summarize, train_model
 
     samples = generate(24, 64, 64, 2, seed=5)
     model_cfg = replace(PARAMS.model, backbone="mobilenet", alpha=0.25, input_size=64, weights="none", decoder="conv",
@@ -91,9 +91,9 @@ def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
     assert out.shape == x.shape[:3] + (1,) and np.allclose(out, (a + b) / 2, atol=1e-6)
     ensemble.save(tmp_path / "ensemble.keras")
     assert np.allclose(load_model(tmp_path / "ensemble.keras").predict(x, verbose=0), out, atol=1e-6)
-    # A serving process imports pipeline.model, not the training losses: it must load there too.
+    # A serving process imports pipeline.model.network, not the training losses: it must load there too.
     np.save(tmp_path / "x.npy", x)
-    code = ("import sys, numpy as np; from pipeline.model import load_model; "
+    code = ("import sys, numpy as np; from pipeline.model.network import load_model; "
             "np.save(sys.argv[2], load_model(sys.argv[1]).predict(np.load(sys.argv[3]), verbose=0))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "ensemble.keras"), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
                    check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -108,10 +108,10 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     and served faces labelled with one of the classes (synthetic faces given classes in turn; some
     none, as from a source without labels)."""
     from pipeline.config import ServingConfig
-    from pipeline.evaluation import evaluate_model
-    from pipeline.serving import predict_images
-    from pipeline.synthetic import generate
-    from pipeline.training import class_weights, train_model
+    from pipeline.data.synthetic import generate
+    from pipeline.evaluation.evaluate import evaluate_model
+    from pipeline.model.training import class_weights, train_model
+    from pipeline.serving.pyfunc import predict_images
 
     classes = ("incorrect", "with_mask", "without_mask")
     samples = generate(24, 64, 64, 2, seed=5)
@@ -129,7 +129,7 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, 64, classes)
     assert {"map50", "macro_f1", "label_accuracy", "ap50_incorrect", "f1_without_mask"} <= set(metrics)
     assert np.array(metrics["confusion"]).shape == (3, 3)
-    from pipeline.evaluation import confusion_figure
+    from pipeline.evaluation.evaluate import confusion_figure
 
     figure = confusion_figure(metrics["confusion"], classes)
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(classes)

@@ -19,10 +19,10 @@ import pandas as pd
 import requests
 from tqdm import tqdm
 
-from pipeline.drawing import count_labels, overlay
-from pipeline.formats import IMAGE_SUFFIXES
-from pipeline.images import open_image, to_rgb
+from pipeline.data.formats import IMAGE_SUFFIXES
+from pipeline.data.images import open_image, to_rgb
 from pipeline.quiet import import_tensorflow
+from pipeline.serving.drawing import count_labels, overlay
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -239,7 +239,7 @@ def predictor(args):
         if not Path(args.onnx).is_file():
             raise FileNotFoundError(f"{args.onnx}: no such ONNX file (the export stage writes export/model.onnx)")
         with warnings.catch_warnings(record=not args.verbose):  # MLflow's advice on type hints, as the class loads
-            from pipeline.serving import FaceSegmenter
+            from pipeline.serving.pyfunc import FaceSegmenter
 
             return in_process(FaceSegmenter.from_onnx(args.onnx).predict, params)
     import mlflow

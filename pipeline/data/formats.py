@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import safe_npy
 from pipeline.config import Limits
-from pipeline.images import open_image
+from pipeline.data import safe_npy
+from pipeline.data.images import open_image
 from pipeline.io import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

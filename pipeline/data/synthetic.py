@@ -13,7 +13,7 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from pipeline.formats import Report, Sample, repair_boxes
+from pipeline.data.formats import Report, Sample, repair_boxes
 
 SKIN_TONES = np.array(  # RGB, light to dark
     [[255, 224, 196], [241, 194, 158], [224, 172, 125], [198, 134, 92], [160, 104, 66], [111, 69, 44], [74, 46, 30]],

@@ -19,6 +19,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ServingConfig
+from pipeline.serving.onnx_model import OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ REQUIREMENTS = ["tensorflow", "keras", "mlflow", "onnxruntime", "opencv-python-h
                 "scipy", "pyyaml"]
 
 
-def log_model(name: str, step: int, keras_path: Path, onnx_path: Path, config: ServingConfig,
+def log_model(name: str, step: int, keras_path: Path, onnx: OnnxModel, config: ServingConfig,
               example_image: np.ndarray):
     """Log FaceSegmenter into the active run: the Keras model and its ONNX export (`config.engine` says
     which one serves), its serving config, a signature with the request params, an input example
@@ -37,11 +38,10 @@ def log_model(name: str, step: int, keras_path: Path, onnx_path: Path, config: S
     `step` is the kept weights' epoch: MLflow links the run's metrics at that step (val, train
     and the test metrics evaluate logs there) to the logged model.
     """
-    from pipeline.onnx_model import OnnxModel
-    from pipeline.serving import FaceSegmenter, encode_image, predict_images
+    from pipeline.serving.pyfunc import FaceSegmenter, encode_image, predict_images
 
     example = pd.DataFrame({"image": [encode_image(example_image, ".jpg")]})
-    output = predict_images(OnnxModel(onnx_path), [example_image], config)
+    output = predict_images(onnx, [example_image], config)
     params = {"threshold": config.threshold, "threshold_ratio": config.threshold_ratio, "min_area": config.min_area}
     with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values: n_faces never is
         warnings.simplefilter("ignore", UserWarning)
@@ -53,7 +53,7 @@ def log_model(name: str, step: int, keras_path: Path, onnx_path: Path, config: S
             name=name,
             step=step,
             python_model=FaceSegmenter(),
-            artifacts={"keras_model": str(keras_path), "onnx_model": str(onnx_path), "config": str(config_path)},
+            artifacts={"keras_model": str(keras_path), "onnx_model": str(onnx.path), "config": str(config_path)},
             code_paths=[str(CODE_DIR)],
             signature=signature,
             input_example=(example, {"threshold": config.threshold}),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from pipeline.data import to_model_input
+from pipeline.data.dataset import to_model_input
 
 
 def tta_sizes(input_size: int, scales: Sequence[float]) -> list[int]:

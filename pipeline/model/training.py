@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ModelConfig, TrainConfig, resolve_path
-from pipeline.data import make_dataset, to_arrays
-from pipeline.formats import Sample
-from pipeline.losses import FaceAndClassLoss, dice, get_loss
-from pipeline.model import average_models, build_unet, set_trainable
+from pipeline.data.dataset import make_dataset, to_arrays
+from pipeline.data.formats import Sample
+from pipeline.model.losses import FaceAndClassLoss, dice, get_loss
+from pipeline.model.network import average_models, build_unet, set_trainable
 
 
 class History(keras.callbacks.Callback):

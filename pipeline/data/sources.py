@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from functools import partial
 
-from pipeline import formats, synthetic
 from pipeline.config import DataConfig, Limits, SourceConfig, resolve_path
+from pipeline.data import formats, synthetic
 
 
 def read_sources(cfg: DataConfig, report: formats.Report, limits: Limits) -> tuple[list[formats.Sample], list[dict]]:

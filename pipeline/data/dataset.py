@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 
 from pipeline.config import AugmentConfig
-from pipeline.formats import Sample
-from pipeline.masks import boxes_to_mask
-
+from pipeline.data.formats import Sample
+from pipeline.data.masks import boxes_to_mask
 
 NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 

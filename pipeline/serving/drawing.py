@@ -8,7 +8,7 @@ from collections import Counter
 import cv2
 import numpy as np
 
-from pipeline.masks import boxes_to_mask
+from pipeline.data.masks import boxes_to_mask
 
 RED, YELLOW, GREEN, WHITE, BLACK = (230, 30, 30), (255, 220, 0), (0, 200, 60), (255, 255, 255), (0, 0, 0)
 PANEL_HEIGHT = 480  # gallery panels are scaled up to at least this many pixels high, to be read at a glance

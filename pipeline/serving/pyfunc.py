@@ -26,9 +26,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.config import ConfigError, Limits, ServingConfig
-from pipeline.images import open_image, to_rgb
-from pipeline.inference import predict_probs
-from pipeline.masks import find_faces
+from pipeline.data.images import open_image, to_rgb
+from pipeline.data.masks import find_faces
+from pipeline.model.inference import predict_probs
 
 SERVED_FORMATS = ("JPEG", "PNG")
 OUTPUT_COLUMNS = ["mask", "boxes", "n_faces", "caveat", "faces"]
@@ -175,11 +175,11 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
                               f"`mlflow models serve` (it runs the code it ships) or export it again "
                               f"(`dvc repro --force export` where it was trained)") from None
         if self.config.engine == "onnx":
-            from pipeline.onnx_model import OnnxModel
+            from pipeline.serving.onnx_model import OnnxModel
 
             self.model = OnnxModel(context.artifacts["onnx_model"], self.config.threads)
         else:
-            from pipeline.model import load_model
+            from pipeline.model.network import load_model
 
             self.model = load_model(context.artifacts["keras_model"])
         guard_scoring_server()
@@ -188,7 +188,7 @@ class FaceSegmenter(mlflow.pyfunc.PythonModel):
     @classmethod
     def from_onnx(cls, path: str) -> FaceSegmenter:
         """The served model from an exported ONNX file alone (its settings are inside): no MLflow, no TensorFlow."""
-        from pipeline.onnx_model import OnnxModel
+        from pipeline.serving.onnx_model import OnnxModel
 
         self = cls()
         self.model = OnnxModel(path)

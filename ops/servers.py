@@ -1,4 +1,4 @@
-"""Run `mlflow models serve` as a child process: for tests, benchmarks and scripts."""
+"""Servers as child processes (`mlflow models serve`, `mlflow server`): for tests, benchmarks and scripts."""
 
 from __future__ import annotations
 
@@ -43,37 +43,52 @@ def free_port() -> int:
 
 
 @contextmanager
-def scoring_server(model_uri: str, tracking_uri: str, port: int | None = None, workers: int = 1,
-                   startup_timeout: float = 180, log_path: Path | None = None) -> Iterator[Server]:
-    """Serve `model_uri` on 127.0.0.1; yield it once /ping answers; always stop it."""
-    port = port or free_port()
-    bin_dir = Path(sys.executable).parent  # mlflow execs `uvicorn` from PATH: use this environment's
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
-           "-p", str(port), "-w", str(workers)]
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+def child_server(cmd: list[str], url: str, probe: str, env: dict | None = None, startup_timeout: float = 180,
+                 log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Run `cmd` in its own process group; yield it once GET `url + probe` answers 200; always stop the group."""
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited with code {proc.returncode} before answering /ping"
-                                   + (f"; see {log_path}" if log_path else ""))
+                tail = log_path.read_text(errors="replace")[-3000:] if log_path else "(no log kept)"
+                raise RuntimeError(f"{' '.join(cmd[:3])} exited with code {proc.returncode} before answering "
+                                   f"{probe}:\n{tail}")
             try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                if requests.get(url + probe, timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow models serve did not answer /ping within {startup_timeout}s")
+                raise TimeoutError(f"{' '.join(cmd[:3])} did not answer {probe} within {startup_timeout}s")
             time.sleep(0.25)  # polling interval while waiting for the condition above
-        yield Server(url, proc.pid)
+        yield proc
     finally:
         _stop(proc)
         if log_path:
             log.close()
+
+
+def mlflow_command() -> tuple[str, dict]:
+    """This environment's `mlflow` and an environment where its children find this environment's programs."""
+    bin_dir = Path(sys.executable).parent  # mlflow execs `uvicorn` from PATH: use this environment's
+    return str(bin_dir / "mlflow"), {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+@contextmanager
+def scoring_server(model_uri: str, tracking_uri: str, port: int | None = None, workers: int = 1,
+                   startup_timeout: float = 180, log_path: Path | None = None) -> Iterator[Server]:
+    """Serve `model_uri` with `mlflow models serve` on 127.0.0.1; yield it once /ping answers; always stop it."""
+    port = port or free_port()
+    mlflow, env = mlflow_command()
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+           "-w", str(workers)]
+    url = f"http://127.0.0.1:{port}"
+    with child_server(cmd, url, "/ping", env, startup_timeout, log_path) as proc:
+        yield Server(url, proc.pid)
 
 
 def _stop(proc: subprocess.Popen) -> None:

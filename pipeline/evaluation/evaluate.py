@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateConfig
-from pipeline.formats import Sample, fingerprint
-from pipeline.inference import predict_probs, tta_sizes
-from pipeline.masks import boxes_to_mask, find_faces
-from pipeline.metrics import evaluate_masks, mask_dice, mask_wearing_report, pixel_counts
+from pipeline.config import EvaluateConfig, Params, ServingConfig
+from pipeline.data.formats import Sample, fingerprint
+from pipeline.data.masks import boxes_to_mask, find_faces
+from pipeline.evaluation.metrics import evaluate_masks, mask_dice, mask_wearing_report, pixel_counts
+from pipeline.model.inference import predict_probs, tta_sizes
 
 
 def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int,
@@ -47,6 +47,20 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, m
                                                 [s.boxes for s in samples], [s.labels for s in samples], classes)
         metrics.update(report, confusion=confusion.tolist())
     return metrics, preds
+
+
+def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig:
+    """The served settings `params` ask for, with the threshold and test figures that `metrics` measured.
+
+    Without `metrics` (a network measured for latency only): threshold 0.5, no test figures.
+    """
+    e, metrics = params.evaluate, metrics or {"threshold": 0.5, "test_fingerprint": "", "dice": 0.0}
+    return ServingConfig(input_size=params.model.input_size, tta_sizes=tuple(tta_sizes(params.model.input_size, e.tta_scales)),
+                         flip_tta=e.flip_tta, separate_faces=e.separate_faces, threshold=metrics["threshold"],
+                         threshold_ratio=e.threshold_ratio, min_area=e.min_area,
+                         test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
+                         limits=params.export.limits, caveat=params.caveat, classes=params.data.classes,
+                         test_map50=metrics.get("map50"))
 
 
 def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int,

@@ -1,0 +1,1 @@
+"""From files on disk to training arrays: readers, repairs, masks, splits, augmentation."""

@@ -1,0 +1,1 @@
+"""Scoring predicted masks and boxes against the truth."""

@@ -1,0 +1,1 @@
+"""The served model (MLflow pyfunc, ONNX), the registry, and the client."""
