@@ -6,8 +6,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 PORT ?= 5001
+TRACKING_PORT ?= 5000
 
-.PHONY: run test test-fast serve ui clean
+.PHONY: run test test-fast serve ui tracking-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,6 +17,10 @@ $(BIN)/python:
 # Reinstalled only when pyproject.toml changes, so a second `make run` takes seconds.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-server: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[server]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -41,6 +46,10 @@ ui: $(VENV)/.installed    # MLflow 3 opens on its GenAI overview: the runs are a
 		e = mlflow.MlflowClient("$(MLFLOW_TRACKING_URI)").get_experiment_by_name("facemask"); \
 		print(e.experiment_id if e else 0)' 2>/dev/null)?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/mlartifacts -h 127.0.0.1 -p 5000
+
+# A team's server: PostgreSQL (runs, registry) + `mlflow server` with proxied artifacts, state in .tracking/.
+tracking-server: $(VENV)/.installed-server
+	$(BIN)/python -m ops.tracking_server --state .tracking --port $(TRACKING_PORT)
 
 clean:
 	rm -rf data/extracted data/split.csv models eval export

@@ -30,8 +30,8 @@ def env() -> dict[str, str]:
     return out
 
 
-def sh(cwd: Path, *cmd: str, timeout: int = 600) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def sh(cwd: Path, *cmd: str, timeout: int = 600, extra_env: dict | None = None) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result.stdout + result.stderr
 
