@@ -40,11 +40,14 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    type: Literal["synthetic", "images_npy", "yolo", "voc"]
+    type: Literal["synthetic", "images_npy", "yolo", "voc", "widerface"]
     path: str | None
+    subset: Literal["train", "val"] | None = None  # widerface only: WIDER_train or WIDER_val (default train)
 
     def __post_init__(self):
         _check(self.type == "synthetic" or bool(self.path), "data.sources", f"a {self.type!r} source needs a path")
+        _check(self.subset is None or self.type == "widerface", "data.sources",
+               f"subset is for a widerface source, not {self.type!r}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class TrainConfig:
     seed: int
     batch_size: int
     crop_size: int | None
+    stream: bool  # read each training image from disk at every step (memory stays flat) instead of holding all
     loss: Literal["dice", "bce_dice", "focal_dice", "bce_logdice"]
     warmup_epochs: int
     warmup_lr: float

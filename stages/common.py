@@ -13,9 +13,10 @@ MODEL, RUN = "models/model.keras", "models/run.json"
 SERVING_CONFIG = "eval/serving_config.json"
 
 
-def split_samples(name: str) -> list[Sample]:
+def split_samples(name: str, lazy: bool = False) -> list[Sample]:
+    """A split's samples; with `lazy`, each reads its image from disk only when asked (memory stays flat)."""
     table = pd.read_csv(SPLIT, dtype={"image_id": str})
-    return load_samples(DATA_DIR, list(table.loc[table["split"] == name, "image_id"]))
+    return load_samples(DATA_DIR, list(table.loc[table["split"] == name, "image_id"]), lazy)
 
 
 def run_stage(main: Callable[[], None]) -> None:

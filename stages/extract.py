@@ -6,7 +6,7 @@ from collections import Counter
 from pipeline.config import assert_params_unchanged, load_params
 from pipeline.data import formats
 from pipeline.data.masks import boxes_to_mask
-from pipeline.data.sources import read_sources
+from pipeline.data.sources import SourceCounts, iter_sources
 from pipeline.io import write_json
 from stages.common import DATA_DIR, run_stage
 
@@ -15,23 +15,31 @@ METRICS = "metrics/extract.json"
 
 def main() -> None:
     params = load_params()
-    report = formats.Report()
-    samples, sources = read_sources(params.data, report, params.export.limits)
-    assert_params_unchanged()
-    masks = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
-    formats.write_dataset(samples, DATA_DIR, masks)
-    classes = Counter(label for s in samples for label in s.labels)
+    report, sources = formats.Report(), SourceCounts(params.data)
+    classes, pixels = Counter(), Counter()
+
+    def masked():  # one image at a time: memory stays flat however large the sources are
+        for k, sample in iter_sources(params.data, report, params.export.limits):
+            mask = boxes_to_mask(sample.boxes, sample.height, sample.width)
+            sources.add(k, sample)
+            classes.update(sample.labels)
+            pixels.update(images=1, negative=int(len(sample.boxes) == 0), faces=len(sample.boxes),
+                          face=int(mask.sum()), all=mask.size)
+            yield sample, mask
+        assert_params_unchanged()  # before write_dataset puts its output in place
+
+    formats.write_dataset(masked(), DATA_DIR)
     summary = {
         "source": params.data.name,
-        "n_images": len(samples),
-        "n_faces": int(sum(len(s.boxes) for s in samples)),
-        "n_negative_images": sum(len(s.boxes) == 0 for s in samples),
+        "n_images": pixels["images"],
+        "n_faces": pixels["faces"],
+        "n_negative_images": pixels["negative"],
         "classes": {label: classes[label] for label in params.data.classes},
         "n_faces_without_class": classes[None],
-        "sources": sources,
+        "sources": sources.summaries(),
         "repairs": dict(sorted(report.counts.items())),
         "labels": dict(sorted(report.labels.items())),
-        "mask_face_fraction": float(sum(m.sum() for m in masks) / max(1, sum(m.size for m in masks))),
+        "mask_face_fraction": float(pixels["face"] / max(1, pixels["all"])),
     }
     write_json(METRICS, summary)
     logging.info("extract: %s", summary)

@@ -16,7 +16,7 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 
 def main() -> None:
     params = load_params()
-    train, val = split_samples("train"), split_samples("val")
+    train, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
     with new_run(params) as run:
         note = encoder_weights_note(params.model)
         mlflow.set_tag("encoder_weights", note)

@@ -4,19 +4,22 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import AugmentConfig
-from pipeline.data.dataset import make_dataset, to_arrays
+from pipeline.data.dataset import Examples, examples, make_dataset, to_arrays
 from pipeline.data.formats import Sample
 from pipeline.data.split import split_dataset
 
 
 def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
+    import tensorflow as tf
+
     x = np.zeros((4, 32, 32, 3), np.uint8)
     y = np.zeros((4, 32, 32, 1), np.float32)
     x[:, 4:12, 2:10] = 255  # the "face" is the bright patch
     y[:, 4:12, 2:10] = 1
     cfg = AugmentConfig(flip=True, zoom=(0.8, 1.6), brightness=0.0, contrast=0.0)
-    a = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3, crop_size=24)[0], range(4))]
-    b = [b for b, _ in zip(make_dataset(x, y, 2, cfg, seed=3, crop_size=24)[0], range(4))]
+    data = Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), 4, 32)
+    a = [b for b, _ in zip(make_dataset(data, 2, cfg, seed=3, crop_size=24)[0], range(4))]
+    b = [b for b, _ in zip(make_dataset(data, 2, cfg, seed=3, crop_size=24)[0], range(4))]
     for (xa, ya), (xb, yb) in zip(a, b):
         assert xa.shape == (2, 24, 24, 3) and ya.shape == (2, 24, 24, 1)
         np.testing.assert_array_equal(xa.numpy(), xb.numpy())
@@ -24,6 +27,30 @@ def test_augmented_dataset_is_seeded_and_keeps_masks_aligned():
         face = ya.numpy()[..., 0] > 0.5
         assert (bright == face).mean() > 0.97  # image and mask moved together
     assert len({float(batch[1].numpy().sum()) for batch in a}) > 1  # crops differ
+
+
+def test_streamed_examples_read_one_file_per_image_and_train_on_the_same_batches(tmp_path):
+    """train.stream: the split's images stay on disk and each is read when its index comes up;
+    the batches are exactly those of the split held in memory."""
+    from pipeline.data.formats import StoredSample, load_samples, write_dataset
+    from pipeline.data.masks import boxes_to_mask
+    from pipeline.data.synthetic import generate
+
+    samples = generate(6, 40, 72, 2, seed=4)
+    for s in samples[:3]:
+        s.labels = ["with_mask"] * len(s.boxes)
+    write_dataset(((s, boxes_to_mask(s.boxes, s.height, s.width)) for s in samples), tmp_path / "data")
+    stored = load_samples(tmp_path / "data", lazy=True)
+    assert all(isinstance(s, StoredSample) and not hasattr(s, "_image") for s in stored)
+    assert [(s.width, s.height) for s in stored] == [(s.width, s.height) for s in samples]
+    classes = ("with_mask", "without_mask")
+    cfg = AugmentConfig(flip=True, zoom=(0.8, 1.6), brightness=0.1, contrast=0.2)
+    streamed = make_dataset(examples(stored, 32, classes, stream=True), 4, cfg, seed=1, crop_size=None)[0]
+    held = make_dataset(examples(samples, 32, classes), 4, cfg, seed=1, crop_size=None)[0]
+    for (xs, ys), (xh, yh), _ in zip(streamed, held, range(3)):
+        assert xs.shape == (4, 32, 32, 3) and ys.shape == (4, 32, 32, 3)
+        np.testing.assert_allclose(xs.numpy(), xh.numpy(), atol=1e-4)
+        np.testing.assert_allclose(ys.numpy(), yh.numpy(), atol=1e-6)
 
 
 def test_crops_are_the_draws_of_tensorflows_own_flip_and_crop():

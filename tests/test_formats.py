@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config import ConfigError
 from pipeline.data import formats
 from pipeline.data.formats import FormatError, Report, load_samples, write_dataset
 from pipeline.data.masks import boxes_to_mask
@@ -175,7 +176,7 @@ def test_dataset_round_trip(tmp_path):
     path = save(tmp_path, [(np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8), [face(0.1, 0.2, 0.5, 0.6)]),
                            (np.zeros((8, 8, 3), np.uint8), [])])
     samples = read_images_npy(path, Report())
-    write_dataset(samples, tmp_path / "out", [boxes_to_mask(s.boxes, s.height, s.width) for s in samples])
+    write_dataset(((s, boxes_to_mask(s.boxes, s.height, s.width)) for s in samples), tmp_path / "out")
     loaded = load_samples(tmp_path / "out")
     assert [s.image_id for s in loaded] == ["row00000", "row00001"]
     np.testing.assert_array_equal(loaded[0].image, samples[0].image)
@@ -239,7 +240,7 @@ def test_voc_labels_become_classes_through_the_mapping_and_survive_box_repairs(t
     (a,) = formats.read_voc_folder(root, report, LIMITS, CLASSES)
     np.testing.assert_allclose(a.boxes, [[10, 5, 30, 25], [40, 10, 70, 60]])
     assert a.labels == ["with_mask", "incorrect"] and report.counts["zero_area_box_dropped"] == 1
-    write_dataset([a], tmp_path / "out", [boxes_to_mask(a.boxes, a.height, a.width)])
+    write_dataset([(a, boxes_to_mask(a.boxes, a.height, a.width))], tmp_path / "out")
     (loaded,) = load_samples(tmp_path / "out")
     assert loaded.labels == ["with_mask", "incorrect"]
     assert formats.fingerprint([loaded]) != formats.fingerprint([formats.Sample("a", a.image, a.boxes)])
@@ -292,3 +293,72 @@ def test_real_voc_folder():
     assert len(samples) == 853 and sum(len(s.boxes) for s in samples) == 4072
     assert report.labels == {"with_mask": 3232, "without_mask": 717, "mask_weared_incorrect": 123}
     assert report.counts["stray_text_in_annotation"] == 1  # maksssksksss0.xml's debris line
+
+
+def wider_tree(root, entries: list[tuple[str, tuple[int, int], list[str]]], extra_images=(), subset="train") -> str:
+    """The official WIDER FACE layout: the label file holds, per image, its path, face count and face lines
+    (with a line of zeros after a count of 0, as the real files do); images under WIDER_<subset>/images/."""
+    lines = []
+    for name, (h, w), faces in entries:
+        lines += [name, str(len(faces))] + (faces or ["0 0 0 0 0 0 0 0 0 0 "])
+        (root / f"WIDER_{subset}" / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / f"WIDER_{subset}" / "images" / name), np.full((h, w, 3), 90, np.uint8))
+    for name in extra_images:
+        cv2.imwrite(str(root / f"WIDER_{subset}" / "images" / name), np.zeros((8, 8, 3), np.uint8))
+    (root / "wider_face_split").mkdir(exist_ok=True)
+    (root / "wider_face_split" / f"wider_face_{subset}_bbx_gt.txt").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+def test_wider_face_layout_reads_boxes_skips_the_zero_face_placeholder_and_counts_flags(tmp_path):
+    root = wider_tree(tmp_path, [
+        ("0--Parade/0_Parade_marchingband_1_849.jpg", (60, 80), ["10 5 20 30 0 0 0 0 0 0 ", "50 40 40 30 2 0 0 1 2 0 "]),
+        ("0--Parade/0_Parade_Parade_0_452.jpg", (40, 40), []),  # zero faces, then "0 0 0 0 ..."
+        ("1--Handshaking/1_Handshaking_1_3.jpg", (50, 50), ["0 0 0 0 0 0 0 1 0 0 ", "5 5 10 10 1 0 0 0 1 0 "]),
+    ], extra_images=["0--Parade/unlisted.jpg"])
+    report = Report()
+    samples = list(formats.read_wider_face(root, report, LIMITS))
+    assert [s.image_id for s in samples] == ["0_Parade_marchingband_1_849", "0_Parade_Parade_0_452", "1_Handshaking_1_3"]
+    np.testing.assert_allclose(samples[0].boxes, [[10, 5, 30, 35], [50, 40, 80, 60]])  # x y w h; the 2nd clipped to 80x60
+    assert samples[1].boxes.shape == (0, 4) and samples[1].image.shape == (40, 40, 3)
+    np.testing.assert_allclose(samples[2].boxes, [[5, 5, 15, 15]])
+    assert report.counts == {"widerface_image_without_faces": 1, "widerface_invalid_face_kept": 2,
+                             "widerface_heavy_blur_face": 1, "widerface_heavy_occlusion_face": 1, "box_clipped": 1,
+                             "zero_area_box_dropped": 1, "image_without_annotation": 1}
+
+
+def test_wider_face_is_a_source_and_reads_the_val_subset(tmp_path):
+    from pipeline.config import DataConfig, SourceConfig
+    from pipeline.data.sources import read_sources
+
+    wider_tree(tmp_path, [("0--Parade/a.jpg", (30, 30), ["1 1 9 9 0 0 0 0 0 0"])], subset="val")
+    cfg = DataConfig(sources=(SourceConfig("widerface", str(tmp_path), "val"),), labels={}, synthetic=None)
+    samples, summary = read_sources(cfg, Report(), LIMITS)
+    assert [s.image_id for s in samples] == ["a"] and summary[0]["n_faces"] == 1
+    with pytest.raises(FormatError, match="wider_face_split/wider_face_train_bbx_gt.txt and WIDER_train/images/"):
+        list(formats.read_wider_face(tmp_path, Report(), LIMITS))
+    with pytest.raises(ConfigError, match="subset is for a widerface source"):
+        SourceConfig("voc", "x", "val")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0--Parade/a.jpg\nx\n", "line 2: expected the face count of 0--Parade/a.jpg"),
+    ("0--Parade/a.jpg\n2\n1 1 5 5 0 0 0 0 0 0\n", "0--Parade/a.jpg lists 2 faces, the file ends after 1"),
+    ("0--Parade/a.jpg\n1\n1 1 five 5 0 0 0 0 0 0\n", "line 3: expected 'x y w h blur"),
+    ("0--Parade/a.jpg\n0\n3 3 5 5 0 0 0 0 0 0\n", "line 3: 0--Parade/a.jpg has 0 faces but a face line follows"),
+    ("1\n0--Parade/a.jpg\n", "line 1: expected an image path"),
+    ("0--Parade/missing.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n", "missing.jpg does not exist"),
+    ("0--Parade/a.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n0--Parade/a.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n", "0--Parade/a.jpg is listed twice"),
+])
+def test_wider_face_errors_name_the_file_and_line(tmp_path, text, message):
+    wider_tree(tmp_path, [("0--Parade/a.jpg", (20, 20), [])])
+    (tmp_path / "wider_face_split" / "wider_face_train_bbx_gt.txt").write_text(text)
+    with pytest.raises(FormatError, match=re.escape(message)):
+        list(formats.read_wider_face(tmp_path, Report(), LIMITS))
+
+
+def test_write_dataset_refuses_a_repeated_image_id_and_leaves_nothing_behind(tmp_path):
+    a = formats.Sample("a", np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4), np.float32))
+    with pytest.raises(FormatError, match="image id 'a' appears twice"):
+        write_dataset(((s, np.zeros((8, 8), np.uint8)) for s in [a, a]), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

@@ -18,7 +18,9 @@ from tests.pipeline_fixture import TINY, deep_merge, make_clone, sh
 
 pytestmark = pytest.mark.slow
 
-QUICK = deep_merge(TINY, {"train": {"warmup_epochs": 1, "finetune_epochs": 2}})
+# Short, and streamed: the train stage reads its images from disk at every step (train.stream).
+QUICK = deep_merge(TINY, {"train": {"warmup_epochs": 1, "finetune_epochs": 2, "stream": True},
+                          "evaluate": {"tta_scales": [1.0], "flip_tta": False}})
 
 
 def postgres_or_skip() -> None:
@@ -49,6 +51,7 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
             assert run["info"]["status"] == "FINISHED"
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             assert params["model.input_size"] == "64" and params["train.finetune_epochs"] == "2"
+            assert params["train.stream"] == "True"
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
             evaluation = json.loads((project / "metrics/eval.json").read_text())
             assert metrics["test/dice"] == pytest.approx(evaluation["dice"])

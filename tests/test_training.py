@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.data.dataset import to_arrays
+from pipeline.data.dataset import examples, to_arrays
 from pipeline.model.losses import dice
 from pipeline.model.network import build_unet
 from tests.conftest import PARAMS
@@ -29,14 +29,15 @@ def test_fit_keeps_the_weights_it_validated_best(ema, use_val):
     from pipeline.model.training import fit, summarize
 
     samples = generate(40, 64, 64, 2, seed=3)
-    train, val = to_arrays(samples[:32], 64), to_arrays(samples[32:], 64)
+    train, val = examples(samples[:32], 64), examples(samples[32:], 64)
     cfg = replace(TRAIN, use_val=use_val, finetune_epochs=6, ema_momentum=ema)
     keras.utils.set_random_seed(0)
     model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
     history = fit(model, train, val, cfg, seed=0, finetune_epochs=6).assign(member=0)
     assert len(history) == 6 and history["val_dice"].nunique() > 1
     model.compile(loss="binary_crossentropy", metrics=[dice])
-    score = model.evaluate(val[0].astype(np.float32), val[1], batch_size=4, verbose=0, return_dict=True)["dice"]
+    x_val, y_val = to_arrays(samples[32:], 64)
+    score = model.evaluate(x_val.astype(np.float32), y_val, batch_size=4, verbose=0, return_dict=True)["dice"]
     kept = history.iloc[-1] if use_val else history.loc[history["val_dice"].idxmax()]
     assert score == pytest.approx(kept["val_dice"], abs=1e-5)
     assert summarize(history, cfg, samples[:32], samples[32:])["best_epoch"] == kept["epoch"]
@@ -54,7 +55,7 @@ def test_val_every_skips_validations_without_changing_the_training():
 
     tf.config.experimental.enable_op_determinism()  # as train_model does
     samples = generate(24, 64, 64, 2, seed=3)
-    train, val = to_arrays(samples[:20], 64), to_arrays(samples[20:], 64)
+    train, val = examples(samples[:20], 64), examples(samples[20:], 64)
     cfg = replace(TRAIN, warmup_epochs=2, warmup_lr=0.01, warmup_trainable_layers="all", use_val=True, finetune_epochs=5)
     runs = {}
     for every in (1, 2):

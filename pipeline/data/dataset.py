@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -38,10 +40,42 @@ def _resized(boxes: np.ndarray, sample: Sample, size: int) -> np.ndarray:
     return cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: AugmentConfig | None, seed: int,
-                 crop_size: int | None = None):
+@dataclass(frozen=True)
+class Examples:
+    """A split as the trainer reads it: `load(index)` gives (image uint8 s x s x 3, target float32 s x s x c)."""
+
+    load: Callable
+    n: int
+    size: int
+
+
+def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = (), stream: bool = False) -> Examples:
+    """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
+    one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
+    memory stays flat however large the split; every epoch decodes and resizes again). Both give the
+    same examples for the same index."""
+    import tensorflow as tf
+
+    channels = 1 + len(classes)
+    if not stream:
+        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes))
+        return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size)
+
+    def prepare(i):
+        x, y = to_arrays([samples[int(i)]], size, classes)
+        return x[0], y[0]
+
+    def load(i):
+        image, target = tf.numpy_function(prepare, [i], (tf.uint8, tf.float32), stateful=False)
+        return tf.ensure_shape(image, (size, size, 3)), tf.ensure_shape(target, (size, size, channels))
+
+    return Examples(load, len(samples), size)
+
+
+def make_dataset(data: Examples, batch_size: int, augment: AugmentConfig | None, seed: int, crop_size: int | None = None):
     """Training dataset: repeated, shuffled, augmented, batched, prefetched; deterministic per seed.
 
+    Indices are shuffled, then loaded in parallel: the shuffle buffer holds numbers, not images.
     With `crop_size`, each example is a random zoomed crop of that side (cheaper steps than whole
     images; the model is fully convolutional and predicts whole images). Returns (dataset,
     steps_per_epoch). Augmentations use stateless ops with seeds drawn from
@@ -49,14 +83,23 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: Augment
     """
     import tensorflow as tf
 
-    out_size = int(crop_size or x.shape[1])
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(max(len(x), 1), seed=seed)
+    out_size = int(crop_size or data.size)
+    ds = tf.data.Dataset.range(data.n).repeat().shuffle(max(data.n, 1), seed=seed)
+    ds = ds.map(data.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
         lambda xy, s: _augment(xy[0], xy[1], s, augment or NO_AUGMENT, out_size), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(len(x) / batch_size))
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(data.n / batch_size))
+
+
+def validation_dataset(data: Examples, batch_size: int):
+    """The split in index order as float images, batched: what validation predicts."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.range(data.n).map(data.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -279,6 +280,84 @@ def _voc_annotation(xml: Path, report: Report) -> tuple[str, list[tuple[str, lis
     return filename, objects
 
 
+def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits, subset: str | None = None
+                    ) -> Iterator[Sample]:
+    """The official WIDER FACE layout, one image at a time: `wider_face_split/wider_face_<subset>_bbx_gt.txt`
+    and `WIDER_<subset>/images/<event>/<name>.jpg` (`subset` train, the default, or val).
+
+    Each entry is a file name, a face count, then one line per face `x y w h blur expression
+    illumination invalid occlusion pose`; an image with no face still has one line of zeros,
+    which is skipped and counted. Every face is kept (WIDER's `invalid` ones too: they are faces,
+    and training them as background would teach the model to miss them); `invalid`, heavy blur
+    and heavy occlusion are counted. Image ids are file stems, which WIDER keeps unique.
+    """
+    root, subset = Path(path), subset or "train"
+    label_file = root / "wider_face_split" / f"wider_face_{subset}_bbx_gt.txt"
+    image_dir = root / f"WIDER_{subset}" / "images"
+    if not label_file.is_file() or not image_dir.is_dir():
+        raise FormatError(f"{root}: expected wider_face_split/{label_file.name} and WIDER_{subset}/images/ "
+                          f"(the official WIDER FACE layout)")
+    lines = _text_lines(label_file)
+    listed, n = set(), 0
+    while n < len(lines):
+        name, where = lines[n].strip(), f"{label_file} line {n + 1}"
+        if not name.lower().endswith(IMAGE_SUFFIXES):
+            raise FormatError(f"{where}: expected an image path such as 0--Parade/0_Parade_marchingband_1_849.jpg, "
+                              f"got {name!r}")
+        try:
+            count = int(lines[n + 1])
+        except (IndexError, ValueError):
+            raise FormatError(f"{label_file} line {n + 2}: expected the face count of {name}") from None
+        if count < 0:
+            raise FormatError(f"{label_file} line {n + 2}: negative face count {count}")
+        n += 2
+        rows = [_wider_row(lines[i], f"{label_file} line {i + 1}") for i in range(n, min(n + count, len(lines)))]
+        if len(rows) < count:
+            raise FormatError(f"{label_file}: {name} lists {count} faces, the file ends after {len(rows)}")
+        n += count
+        if count == 0 and n < len(lines) and not lines[n].strip().lower().endswith(IMAGE_SUFFIXES):
+            if any(_wider_row(lines[n], f"{label_file} line {n + 1}")):
+                raise FormatError(f"{label_file} line {n + 1}: {name} has 0 faces but a face line follows")
+            n += 1  # the placeholder line of an image without faces
+        report.add("widerface_image_without_faces", int(count == 0))
+        file = image_dir / name
+        if not file.is_file():
+            raise FormatError(f"{label_file} line {n - count - 1 if count else n - 2}: {file} does not exist")
+        if file.stem in listed:
+            raise FormatError(f"{label_file}: {name} is listed twice")
+        listed.add(file.stem)
+        faces = np.array(rows, np.float32).reshape(-1, 10)
+        report.add("widerface_invalid_face_kept", int((faces[:, 7] == 1).sum()))
+        report.add("widerface_heavy_blur_face", int((faces[:, 4] == 2).sum()))
+        report.add("widerface_heavy_occlusion_face", int((faces[:, 8] == 2).sum()))
+        image = read_image_file(file, report, limits)
+        h, w = image.shape[:2]
+        boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4]], axis=1)
+        yield Sample(file.stem, image, repair_boxes(boxes, w, h, report))
+    report.add("image_without_annotation", sum(1 for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                                               and p.stem not in listed))
+
+
+def _wider_row(line: str, where: str) -> list[int]:
+    fields = line.split()
+    try:
+        if len(fields) < 4:
+            raise ValueError
+        values = [int(v) for v in fields[:10]] + [0] * (10 - len(fields))
+    except ValueError:
+        raise FormatError(f"{where}: expected 'x y w h blur expression illumination invalid occlusion pose' as "
+                          f"integers, got {line.strip()!r}") from None
+    return values
+
+
+def _text_lines(file: Path) -> list[str]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{file}: not a text file ({err})") from None
+    return [line for line in text.splitlines()]
+
+
 def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:
     """RGB image of a file; its size is checked from the header before decoding (as served images are)."""
     data = np.fromfile(file, dtype=np.uint8)
@@ -297,28 +376,39 @@ def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:
 
 # --- the normalised form written by the extract stage -------------------------------------
 
-def to_tables(samples: list[Sample]) -> tuple[pd.DataFrame, pd.DataFrame]:
+IMAGE_COLUMNS, BOX_COLUMNS = ["image_id", "width", "height", "n_faces"], ["image_id", "x1", "y1", "x2", "y2", "label"]
+
+
+def to_tables(samples: Iterable[Sample]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images, boxes) tables: image_id, width, height, n_faces / image_id, x1, y1, x2, y2, label
     (empty for a face without a class)."""
-    images = pd.DataFrame([{"image_id": s.image_id, "width": s.width, "height": s.height, "n_faces": len(s.boxes)}
-                           for s in samples], columns=["image_id", "width", "height", "n_faces"])
-    boxes = pd.DataFrame([{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": label or ""}
-                          for s in samples for b, label in zip(s.boxes, s.labels)],
-                         columns=["image_id", "x1", "y1", "x2", "y2", "label"])
-    return images, boxes
+    images, boxes = [], []
+    for s in samples:
+        _add_rows(s, images, boxes)
+    return pd.DataFrame(images, columns=IMAGE_COLUMNS), pd.DataFrame(boxes, columns=BOX_COLUMNS)
 
 
-def write_dataset(samples: list[Sample], out_dir: str | os.PathLike, masks: list[np.ndarray]) -> None:
-    """images/<id>.png, masks/<id>.png, images.csv and boxes.csv, all replaced at once."""
+def _add_rows(s: Sample, images: list[dict], boxes: list[dict]) -> None:
+    images.append({"image_id": s.image_id, "width": s.width, "height": s.height, "n_faces": len(s.boxes)})
+    boxes += [{"image_id": s.image_id, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": label or ""}
+              for b, label in zip(s.boxes, s.labels)]
+
+
+def write_dataset(items: Iterable[tuple[Sample, np.ndarray]], out_dir: str | os.PathLike) -> None:
+    """images/<id>.png, masks/<id>.png, images.csv and boxes.csv from (sample, mask) pairs, one image in
+    memory at a time; all replaced at once. A repeated image id is an error (one would overwrite the other)."""
+    images, boxes = [], []
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
         (tmp / "masks").mkdir()
-        for sample, mask in zip(samples, masks, strict=True):
+        for sample, mask in items:
+            if (tmp / "images" / f"{sample.image_id}.png").exists():
+                raise FormatError(f"image id {sample.image_id!r} appears twice: one would overwrite the other")
             _write_png(tmp / "images" / f"{sample.image_id}.png", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
             _write_png(tmp / "masks" / f"{sample.image_id}.png", mask * 255)
-        images, boxes = to_tables(samples)
-        images.to_csv(tmp / "images.csv", index=False)
-        boxes.to_csv(tmp / "boxes.csv", index=False)
+            _add_rows(sample, images, boxes)
+        pd.DataFrame(images, columns=IMAGE_COLUMNS).to_csv(tmp / "images.csv", index=False)
+        pd.DataFrame(boxes, columns=BOX_COLUMNS).to_csv(tmp / "boxes.csv", index=False)
 
 
 def read_table(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -329,22 +419,56 @@ def read_table(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]
     return images, boxes
 
 
-def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None) -> list[Sample]:
-    """Samples of an extracted dataset, in `image_ids` order (all when None)."""
+def load_samples(data_dir: str | os.PathLike, image_ids: list[str] | None = None, lazy: bool = False) -> list[Sample]:
+    """Samples of an extracted dataset, in `image_ids` order (all when None). With `lazy`, each one reads
+    its image file only when asked for it (`StoredSample`): a split of any size costs its tables only."""
     data_dir = Path(data_dir)
     images, boxes = read_table(data_dir)
     ids = list(images["image_id"]) if image_ids is None else list(image_ids)
+    sizes = images.set_index("image_id")[["width", "height"]]
     by_id = {k: g for k, g in boxes.groupby("image_id")}
     empty = boxes.iloc[:0]
     samples = []
     for image_id in ids:
-        image = cv2.imread(str(data_dir / "images" / f"{image_id}.png"), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FormatError(f"{data_dir}/images/{image_id}.png: missing or unreadable")
         faces = by_id.get(image_id, empty)
-        samples.append(Sample(image_id, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32),
-                              [label or None for label in faces["label"]]))
+        xyxy, labels = faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32), [label or None for label in faces["label"]]
+        file = data_dir / "images" / f"{image_id}.png"
+        if lazy:
+            width, height = (int(v) for v in sizes.loc[image_id])
+            samples.append(StoredSample(image_id, file, width, height, xyxy, labels))
+        else:
+            samples.append(Sample(image_id, _read_png(file), xyxy, labels))
     return samples
+
+
+class StoredSample(Sample):
+    """A sample of an extracted dataset whose pixels stay on disk: `image` reads the file at each access."""
+
+    def __init__(self, image_id: str, file: Path, width: int, height: int, boxes: np.ndarray, labels: list):
+        self.image_id, self.file, self._size, self.boxes, self.labels = image_id, file, (height, width), boxes, labels
+
+    @property
+    def image(self) -> np.ndarray:
+        image = _read_png(self.file)
+        if image.shape[:2] != self._size:
+            raise FormatError(f"{self.file}: {image.shape[1]}x{image.shape[0]}, images.csv says "
+                              f"{self._size[1]}x{self._size[0]}")
+        return image
+
+    @property
+    def height(self) -> int:
+        return self._size[0]
+
+    @property
+    def width(self) -> int:
+        return self._size[1]
+
+
+def _read_png(file: Path) -> np.ndarray:
+    image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FormatError(f"{file}: missing or unreadable")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

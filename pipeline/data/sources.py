@@ -1,37 +1,59 @@
-"""The configured data sources, read and joined into one list of samples."""
+"""The configured data sources, read one image at a time and joined into one stream of samples."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from functools import partial
 
 from pipeline.config import DataConfig, Limits, SourceConfig, resolve_path
 from pipeline.data import formats, synthetic
 
 
-def read_sources(cfg: DataConfig, report: formats.Report, limits: Limits) -> tuple[list[formats.Sample], list[dict]]:
-    """All sources' samples in order, and a summary per source (type, path, images, faces).
+def iter_sources(cfg: DataConfig, report: formats.Report, limits: Limits) -> Iterator[tuple[int, formats.Sample]]:
+    """(source number, sample) for all sources in order, one sample in memory at a time.
 
     With several sources each image id gets its source's number (`s0-...`, `s1-...`), so two
     folders holding `0001.jpg` stay two images; a single source keeps its ids as they are.
     """
-    samples, summaries = [], []
     for k, source in enumerate(cfg.sources):
-        part = read_source(source, cfg, report, limits)
-        if len(cfg.sources) > 1:
-            for sample in part:
+        for sample in read_source(source, cfg, report, limits):
+            if len(cfg.sources) > 1:
                 sample.image_id = f"s{k}-{sample.image_id}"
-        samples += part
-        summaries.append({"type": source.type, "path": source.path, "n_images": len(part),
-                          "n_faces": int(sum(len(s.boxes) for s in part)),
-                          "classes": dict(sorted(Counter(label for s in part for label in s.labels if label).items()))})
-    return samples, summaries
+            yield k, sample
 
 
-def read_source(source: SourceConfig, cfg: DataConfig, report: formats.Report, limits: Limits) -> list[formats.Sample]:
+class SourceCounts:
+    """Per source: type, path, images, faces and faces per class, counted as the samples pass."""
+
+    def __init__(self, cfg: DataConfig):
+        self.rows = [{"type": s.type, "path": s.path, "n_images": 0, "n_faces": 0, "classes": Counter()}
+                     for s in cfg.sources]
+
+    def add(self, k: int, sample: formats.Sample) -> None:
+        row = self.rows[k]
+        row["n_images"] += 1
+        row["n_faces"] += len(sample.boxes)
+        row["classes"].update(label for label in sample.labels if label)
+
+    def summaries(self) -> list[dict]:
+        return [{**row, "classes": dict(sorted(row["classes"].items()))} for row in self.rows]
+
+
+def read_sources(cfg: DataConfig, report: formats.Report, limits: Limits) -> tuple[list[formats.Sample], list[dict]]:
+    """All sources' samples in memory (benchmarks, small data), and a summary per source."""
+    counts, samples = SourceCounts(cfg), []
+    for k, sample in iter_sources(cfg, report, limits):
+        counts.add(k, sample)
+        samples.append(sample)
+    return samples, counts.summaries()
+
+
+def read_source(source: SourceConfig, cfg: DataConfig, report: formats.Report, limits: Limits) -> Iterable[formats.Sample]:
     if source.type == "synthetic":
         s = cfg.synthetic
         return synthetic.generate(s.n_images, s.min_size, s.max_size, s.max_faces, s.seed)
     readers = {"images_npy": formats.read_images_npy, "yolo": formats.read_yolo_folder,
-               "voc": partial(formats.read_voc_folder, classes=cfg.labels)}
+               "voc": partial(formats.read_voc_folder, classes=cfg.labels),
+               "widerface": partial(formats.read_wider_face, subset=source.subset)}
     return readers[source.type](resolve_path(source.path), report, limits)

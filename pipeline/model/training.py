@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ModelConfig, TrainConfig, resolve_path
-from pipeline.data.dataset import make_dataset, to_arrays
+from pipeline.data.dataset import Examples, examples, make_dataset, validation_dataset
 from pipeline.data.formats import Sample
 from pipeline.model.losses import FaceAndClassLoss, dice, get_loss
 from pipeline.model.network import average_models, build_unet, set_trainable
@@ -58,7 +58,7 @@ def phases(cfg: TrainConfig, finetune_epochs: int) -> list[tuple[str, int, float
     return out
 
 
-def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig,
+def fit(model: keras.Model, train: Examples, val: Examples, cfg: TrainConfig,
         seed: int, finetune_epochs: int, callbacks: list | None = None, first_epoch: int = 0, loss=None) -> pd.DataFrame:
     """Train in phases (optionally early stopping on val dice); keep the best val-dice weights of all phases.
 
@@ -69,8 +69,8 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
     `loss` defaults to `train.loss` (a face-only model).
     """
-    ds, steps = make_dataset(*train, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed, crop_size=cfg.crop_size)
-    x_val, y_val = val[0].astype(np.float32), val[1]
+    ds, steps = make_dataset(train, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed, crop_size=cfg.crop_size)
+    val_ds = validation_dataset(val, cfg.batch_size)
     ema, every = cfg.ema_momentum, cfg.val_every
     rows, epoch, keep = [], first_epoch, KeepBest()
     for name, epochs, lr, trainable in phases(cfg, finetune_epochs):
@@ -85,7 +85,7 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.
         stop = [keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience)] if cfg.patience else []
         # Keras counts epochs from 1 here; the phase's last epoch is always validated.
         validated = [e for e in range(epoch + 1, epoch + epochs + 1) if (e - epoch) % every == 0 or e == epoch + epochs]
-        model.fit(ds, steps_per_epoch=steps, validation_data=(x_val, y_val), batch_size=cfg.batch_size,
+        model.fit(ds, steps_per_epoch=steps, validation_data=val_ds,
                   validation_freq=validated, initial_epoch=epoch, epochs=epoch + epochs,
                   callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
         rows += history.rows
@@ -132,14 +132,15 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
-    arrays, models, histories = (to_arrays(train, size, classes), to_arrays(val, size, classes)), [], []
+    data = examples(train, size, classes, cfg.stream), examples(val, size, classes, cfg.stream)
+    models, histories = [], []
     loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
         model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
                            model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
-        history = fit(model, *arrays, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
+        history = fit(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)
         histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)
