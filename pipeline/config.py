@@ -118,6 +118,7 @@ class TrainConfig:
     batch_size: int
     crop_size: int | None
     stream: bool  # read each training image from disk at every step (memory stays flat) instead of holding all
+    distribute: Literal["none", "mirrored"]  # mirrored: tf.distribute.MirroredStrategy over the local devices
     loss: Literal["dice", "bce_dice", "focal_dice", "bce_logdice"]
     warmup_epochs: int
     warmup_lr: float

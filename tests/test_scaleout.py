@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import requests
 from ops.servers import free_port, scoring_server
 from ops.tracking_server import ServerError, mlflow_server, pg_bin, postgres
 from pipeline.serving.client import request_body
-from tests.pipeline_fixture import TINY, deep_merge, make_clone, sh
+from tests.conftest import ROOT
+from tests.pipeline_fixture import TINY, deep_merge, env, make_clone, sh
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +107,32 @@ def test_dvc_push_then_pull_into_an_empty_cache_restores_data_and_models(project
     sh(clone, "dvc", "pull")
     assert digests(clone, outputs) == before
     assert "up to date" in sh(clone, "dvc", "status")
+
+
+def test_mirrored_training_splits_every_batch_over_the_local_replicas(tmp_path):
+    """train.distribute: mirrored. Without a GPU the process splits its CPU into two logical devices, as a
+    machine with two GPUs would have two: the model trains on both replicas and saves as one model."""
+    code = """
+import json, sys
+from dataclasses import replace
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipeline.data.synthetic import generate
+from pipeline.model.training import summarize, train_model
+from tests.conftest import PARAMS
+samples = generate(24, 64, 64, 2, seed=5)
+model_cfg = replace(PARAMS.model, input_size=64, weights="none", decoder_filters=(8, 8, 8, 8))
+cfg = replace(PARAMS.train, distribute="mirrored", batch_size=4, warmup_epochs=0, finetune_epochs=3, patience=0)
+model, history = train_model(model_cfg, cfg, samples[:20], samples[20:])
+model.save(sys.argv[1])
+print(json.dumps(summarize(history, cfg, samples[:20], samples[20:])))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.keras")], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["replicas"] == 2 and summary["epochs_run"] == 3 and 0 <= summary["best_val_dice"] <= 1
+    from pipeline.model.network import load_model
+
+    assert load_model(tmp_path / "model.keras").count_params() > 0

@@ -135,15 +135,26 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     data = examples(train, size, classes, cfg.stream), examples(val, size, classes, cfg.stream)
     models, histories = [], []
     loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
+    strategy = mirrored() if cfg.distribute == "mirrored" else tf.distribute.get_strategy()
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
-        model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
-                           model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
-        history = fit(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
+        with strategy.scope():  # variables mirrored on each replica; fit splits every batch among them
+            model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
+                               model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
+            history = fit(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)
-        histories.append(history.assign(member=k))
+        histories.append(history.assign(member=k, replicas=strategy.num_replicas_in_sync))
     return average_models(models), pd.concat(histories, ignore_index=True)
+
+
+def mirrored():
+    """MirroredStrategy over the local GPUs, or over the logical CPU devices where there is no GPU (one,
+    unless the process split its CPU into several: how the test runs two replicas without a GPU)."""
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
 def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val: list[Sample]) -> dict:
@@ -159,6 +170,7 @@ def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val:
         "epochs_run": len(history),
         "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
         "train_seconds": float(history["train_seconds"].sum()),
+        "replicas": int(history["replicas"].max()) if "replicas" in history else 1,
     }
 
 
