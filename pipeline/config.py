@@ -42,12 +42,9 @@ class SyntheticConfig:
 class SourceConfig:
     type: Literal["synthetic", "images_npy", "yolo", "voc", "widerface"]
     path: str | None
-    subset: Literal["train", "val"] | None = None  # widerface only: WIDER_train or WIDER_val (default train)
 
     def __post_init__(self):
         _check(self.type == "synthetic" or bool(self.path), "data.sources", f"a {self.type!r} source needs a path")
-        _check(self.subset is None or self.type == "widerface", "data.sources",
-               f"subset is for a widerface source, not {self.type!r}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ class TrainConfig:
     batch_size: int
     crop_size: int | None
     stream: bool  # read each training image from disk at every step (memory stays flat) instead of holding all
-    distribute: Literal["none", "mirrored"]  # mirrored: tf.distribute.MirroredStrategy over the local devices
+    distribute: Literal["none", "mirrored", "multi_worker"]  # tf.distribute over local devices or TF_CONFIG's machines
     loss: Literal["dice", "bce_dice", "focal_dice", "bce_logdice"]
     warmup_epochs: int
     warmup_lr: float
@@ -140,6 +137,8 @@ class TrainConfig:
                "must be null or a positive multiple of 32")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1 (validate every N epochs)")
         _check(self.ensemble >= 1, "train.ensemble", "must be >= 1 (the number of models to average)")
+        _check(self.distribute != "multi_worker" or self.ema_momentum == 0, "train.ema_momentum",
+               "must be 0 with train.distribute: multi_worker (its training loop keeps no weight average)")
         _check(isinstance(self.finetune_epochs, int) or len(self.finetune_epochs) == self.ensemble, "train.finetune_epochs",
                f"lists {len(self.finetune_epochs) if not isinstance(self.finetune_epochs, int) else 1} members' epochs "
                f"but train.ensemble is {self.ensemble}: give one number, or one per member")

@@ -7,6 +7,7 @@ import mlflow
 from pipeline.config import assert_params_unchanged, load_params
 from pipeline.data.formats import fingerprint
 from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.model.multi_worker import is_chief, weights_digest
 from pipeline.model.training import encoder_weights_note, learning_curves, summarize, train_model
 from pipeline.tracking import epoch_logger, log_split, new_run
 from stages.common import MODEL, RUN, run_stage, split_samples
@@ -17,6 +18,10 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 def main() -> None:
     params = load_params()
     train, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
+    if not is_chief():  # another machine of a multi-worker fit: it trains, the chief logs and writes
+        model, _ = train_model(params.model, params.train, train, val, classes=params.data.classes)
+        logging.info("train: worker done, trainable weights %s", weights_digest(model))
+        return
     with new_run(params) as run:
         note = encoder_weights_note(params.model)
         mlflow.set_tag("encoder_weights", note)
@@ -29,7 +34,8 @@ def main() -> None:
         with atomic_path(MODEL) as tmp:
             model.save(tmp)
         write_csv(HISTORY, history)
-        summary = {**summarize(history, params.train, train, val), "n_params": int(model.count_params())}
+        summary = {**summarize(history, params.train, train, val), "n_params": int(model.count_params()),
+                   "weights_digest": weights_digest(model)}
         write_json(METRICS, summary)
         kept = summary["best_epoch"]  # metrics at this step describe the saved weights; the logged model links them
         mlflow.log_metrics({"val/kept_dice": summary["best_val_dice"], "train/epochs": summary["epochs_run"],

@@ -47,6 +47,8 @@ def raw(**changes) -> dict:
     ({"data__sources": [{"type": "coco", "path": "x"}]}, "data.sources[0].type: 'coco' is not one of 'synthetic'"),
     ({"data__labels": {"with_mask": 1}}, "params.yaml.data.labels.with_mask: 1 is not a string"),
     ({"data__labels": ["with_mask"]}, "params.yaml.data.labels: ['with_mask'] is not a mapping"),
+    ({"train__distribute": "multi_worker", "train__ema_momentum": 0.99}, "train.ema_momentum: must be 0 with train.distribute"),
+    ({"train__distribute": "horovod"}, "train.distribute: 'horovod' is not one of 'none', 'mirrored', 'multi_worker'"),
 ])
 def test_bad_settings_are_errors_naming_the_key(changes, message):
     with pytest.raises(ConfigError) as err:

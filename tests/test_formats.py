@@ -4,7 +4,6 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError
 from pipeline.data import formats
 from pipeline.data.formats import FormatError, Report, load_samples, write_dataset
 from pipeline.data.masks import boxes_to_mask
@@ -327,18 +326,19 @@ def test_wider_face_layout_reads_boxes_skips_the_zero_face_placeholder_and_count
                              "zero_area_box_dropped": 1, "image_without_annotation": 1}
 
 
-def test_wider_face_is_a_source_and_reads_the_val_subset(tmp_path):
+def test_wider_face_is_a_source_and_its_val_file_reads_the_val_subset(tmp_path):
     from pipeline.config import DataConfig, SourceConfig
     from pipeline.data.sources import read_sources
 
     wider_tree(tmp_path, [("0--Parade/a.jpg", (30, 30), ["1 1 9 9 0 0 0 0 0 0"])], subset="val")
-    cfg = DataConfig(sources=(SourceConfig("widerface", str(tmp_path), "val"),), labels={}, synthetic=None)
+    val = tmp_path / "wider_face_split" / "wider_face_val_bbx_gt.txt"
+    cfg = DataConfig(sources=(SourceConfig("widerface", str(val)),), labels={}, synthetic=None)
     samples, summary = read_sources(cfg, Report(), LIMITS)
     assert [s.image_id for s in samples] == ["a"] and summary[0]["n_faces"] == 1
-    with pytest.raises(FormatError, match="wider_face_split/wider_face_train_bbx_gt.txt and WIDER_train/images/"):
-        list(formats.read_wider_face(tmp_path, Report(), LIMITS))
-    with pytest.raises(ConfigError, match="subset is for a widerface source"):
-        SourceConfig("voc", "x", "val")
+    with pytest.raises(FormatError, match="expected wider_face_split/wider_face_train_bbx_gt.txt and WIDER_train/images/"):
+        list(formats.read_wider_face(tmp_path, Report(), LIMITS))  # the root means the train subset
+    with pytest.raises(FormatError, match="expected the root folder or a wider_face_<subset>_bbx_gt.txt file"):
+        list(formats.read_wider_face(tmp_path / "WIDER_val" / "images" / "0--Parade" / "a.jpg", Report(), LIMITS))
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,9 +1,10 @@
-"""Past one folder: the pipeline, registry and serving against a PostgreSQL tracking server; DVC remote storage."""
+"""Past one folder: a PostgreSQL tracking server, DVC remote storage, training on several devices and machines."""
 
 import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from ops.servers import free_port, scoring_server
 from ops.tracking_server import ServerError, mlflow_server, pg_bin, postgres
 from pipeline.serving.client import request_body
 from tests.conftest import ROOT
-from tests.pipeline_fixture import TINY, deep_merge, env, make_clone, sh
+from tests.pipeline_fixture import TINY, client, deep_merge, env, make_clone, sh
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +137,29 @@ print(json.dumps(summarize(history, cfg, samples[:20], samples[20:])))
     from pipeline.model.network import load_model
 
     assert load_model(tmp_path / "model.keras").count_params() > 0
+
+
+def test_two_workers_train_one_model_logged_once_by_the_chief_with_the_same_weights(tmp_path):
+    """train.distribute: multi_worker on two processes on 127.0.0.1: the chief runs the stage under
+    `dvc repro`, the other worker the same command by hand, as a second machine would."""
+    project = make_clone(tmp_path / "project", deep_merge(QUICK, {"train": {"distribute": "multi_worker"}}))
+    sh(project, "dvc", "repro", "split")
+    ports = [free_port(), free_port()]
+
+    def worker(index: int, *cmd: str) -> subprocess.Popen:
+        cluster = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        return subprocess.Popen(cmd, cwd=project, env={**env(), "TF_CONFIG": json.dumps(cluster)}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    chief, other = worker(0, "dvc", "repro", "train"), worker(1, sys.executable, "-m", "stages.train")
+    logs = [p.communicate(timeout=600)[0] for p in (chief, other)]
+    assert chief.returncode == 0 and other.returncode == 0, "\n\n".join(log[-3000:] for log in logs)
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["replicas"] == 2 and summary["epochs_run"] == 3
+    (digest,) = re.findall(r"worker done, trainable weights (\w+)", logs[1])
+    assert summary["weights_digest"] == digest  # both workers ended with the same weights
+    assert "worker done" not in logs[0] and (project / "models/model.keras").is_file()
+    c = client(project)
+    (run,) = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])  # one run: the chief's
+    assert run.data.params["train.distribute"] == "multi_worker"
+    assert len(c.get_metric_history(run.info.run_id, "val/dice")) == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -280,10 +281,10 @@ def _voc_annotation(xml: Path, report: Report) -> tuple[str, list[tuple[str, lis
     return filename, objects
 
 
-def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits, subset: str | None = None
-                    ) -> Iterator[Sample]:
+def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits) -> Iterator[Sample]:
     """The official WIDER FACE layout, one image at a time: `wider_face_split/wider_face_<subset>_bbx_gt.txt`
-    and `WIDER_<subset>/images/<event>/<name>.jpg` (`subset` train, the default, or val).
+    and `WIDER_<subset>/images/<event>/<name>.jpg`. `path` is the root (the train subset) or one of
+    its `wider_face_<subset>_bbx_gt.txt` files (e.g. the val subset's).
 
     Each entry is a file name, a face count, then one line per face `x y w h blur expression
     illumination invalid occlusion pose`; an image with no face still has one line of zeros,
@@ -291,12 +292,19 @@ def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits, sub
     and training them as background would teach the model to miss them); `invalid`, heavy blur
     and heavy occlusion are counted. Image ids are file stems, which WIDER keeps unique.
     """
-    root, subset = Path(path), subset or "train"
-    label_file = root / "wider_face_split" / f"wider_face_{subset}_bbx_gt.txt"
+    path = Path(path)
+    if path.is_file():
+        named = re.fullmatch(r"wider_face_(\w+)_bbx_gt\.txt", path.name)
+        if not named:
+            raise FormatError(f"{path}: expected the root folder or a wider_face_<subset>_bbx_gt.txt file")
+        root, subset, label_file = path.parent.parent, named.group(1), path
+    else:
+        root, subset = path, "train"
+        label_file = root / "wider_face_split" / "wider_face_train_bbx_gt.txt"
     image_dir = root / f"WIDER_{subset}" / "images"
     if not label_file.is_file() or not image_dir.is_dir():
-        raise FormatError(f"{root}: expected wider_face_split/{label_file.name} and WIDER_{subset}/images/ "
-                          f"(the official WIDER FACE layout)")
+        raise FormatError(f"{path}: expected {label_file.relative_to(root)} and WIDER_{subset}/images/ under "
+                          f"{root} (the official WIDER FACE layout)")
     lines = _text_lines(label_file)
     listed, n = set(), 0
     while n < len(lines):

@@ -55,5 +55,5 @@ def read_source(source: SourceConfig, cfg: DataConfig, report: formats.Report, l
         return synthetic.generate(s.n_images, s.min_size, s.max_size, s.max_faces, s.seed)
     readers = {"images_npy": formats.read_images_npy, "yolo": formats.read_yolo_folder,
                "voc": partial(formats.read_voc_folder, classes=cfg.labels),
-               "widerface": partial(formats.read_wider_face, subset=source.subset)}
+               "widerface": formats.read_wider_face}
     return readers[source.type](resolve_path(source.path), report, limits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline.config import ModelConfig, TrainConfig, resolve_path
 from pipeline.data.dataset import Examples, examples, make_dataset, validation_dataset
 from pipeline.data.formats import Sample
 from pipeline.model.losses import FaceAndClassLoss, dice, get_loss
+from pipeline.model.multi_worker import fit_multi_worker
 from pipeline.model.network import average_models, build_unet, set_trainable
 
 
@@ -128,6 +130,7 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     """
     import tensorflow as tf
 
+    strategy = distribution(cfg.distribute)  # first: a multi-worker strategy must exist before any other op
     size, members = model_cfg.input_size, cfg.ensemble
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
@@ -135,26 +138,31 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     data = examples(train, size, classes, cfg.stream), examples(val, size, classes, cfg.stream)
     models, histories = [], []
     loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
-    strategy = mirrored() if cfg.distribute == "mirrored" else tf.distribute.get_strategy()
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
         with strategy.scope():  # variables mirrored on each replica; fit splits every batch among them
             model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
                                model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
-            history = fit(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
+            fit_here = partial(fit_multi_worker, strategy) if cfg.distribute == "multi_worker" else fit
+            history = fit_here(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)
         histories.append(history.assign(member=k, replicas=strategy.num_replicas_in_sync))
     return average_models(models), pd.concat(histories, ignore_index=True)
 
 
-def mirrored():
-    """MirroredStrategy over the local GPUs, or over the logical CPU devices where there is no GPU (one,
-    unless the process split its CPU into several: how the test runs two replicas without a GPU)."""
+def distribution(kind: str):
+    """The tf.distribute strategy of `train.distribute`: `mirrored` over the local GPUs, or over the logical
+    CPU devices where there is none (one, unless the process split its CPU: how a test runs two replicas
+    without a GPU); `multi_worker` over the machines `TF_CONFIG` lists; else TensorFlow's default."""
     import tensorflow as tf
 
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
 
 
 def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val: list[Sample]) -> dict:
