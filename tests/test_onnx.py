@@ -77,3 +77,20 @@ def test_parity_checks_onnx_against_the_evaluated_figures_and_fails_on_another_m
     other = build_unet("mobilenet", 0.25, None, "conv", (16, 16, 8, 8), n_classes=3)
     with pytest.raises(ParityError, match="over export.parity_tolerance 0.0"):
         parity(model, other, samples, config, tolerance=0.0, n_compared=2)
+
+
+def test_an_export_whose_output_shape_differs_from_keras_is_refused_and_not_written(exported, tmp_path):
+    """The fault seen once in a `make run`: the converted output gained a leading axis. A stand-in whose Keras
+    answer has that axis (the converter cannot be made to do it on purpose) gets the same refusal."""
+    model, _ = exported
+
+    class Reshaped:
+        def predict_on_batch(self, x):
+            return np.asarray(model.predict_on_batch(x))[None]
+
+        def export(self, *args, **kwargs):
+            return model.export(*args, **kwargs)
+
+    with pytest.raises(ParityError, match=r"answers a batch of shape \(2, 64, 64, 3\) with shape \(2, 64, 64, 4\)"):
+        export_onnx(Reshaped(), tmp_path / "model.onnx", CONFIG)
+    assert list(tmp_path.iterdir()) == []
