@@ -110,8 +110,9 @@ def mlflow_server(backend_uri: str, artifacts: Path, port: int, host: str = "127
     once /health answers, and stops it (its whole process group) on exit."""
     artifacts.mkdir(parents=True, exist_ok=True)
     mlflow, env = mlflow_command()
-    cmd = [mlflow, "server", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts.resolve()),
-           "--serve-artifacts", "--host", host, "--port", str(port), "--workers", "1"]
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_uri  # not in argv: any local user can read a process's arguments
+    cmd = [mlflow, "server", "--artifacts-destination", str(artifacts.resolve()), "--serve-artifacts", "--host", host,
+           "--port", str(port), "--workers", "1"]
     url = f"http://{host}:{port}"
     with child_server(cmd, url, "/health", env, log_path=log):
         yield url

@@ -44,6 +44,9 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
         with postgres(state, free_port()) as backend, \
                 mlflow_server(backend, state / "artifacts", free_port(), log=tmp_path / "server.log") as url:
             assert backend.startswith("postgresql+psycopg://postgres:") and "@127.0.0.1:" in backend
+            password = (state / "postgres-password").read_text().strip()
+            assert oct((state / "postgres-password").stat().st_mode)[-3:] == "600"
+            assert not any(password in line for line in command_lines())  # in no process's arguments
             project = make_clone(tmp_path / "project", QUICK)
             sh(project, "dvc", "repro", extra_env={"MLFLOW_TRACKING_URI": url})
             assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()  # all on the server
@@ -75,6 +78,15 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
                 assert prediction["n_faces"] == len(json.loads(prediction["boxes"])) and prediction["mask"]
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def command_lines():
+    """Every running process's arguments, as any local user can read them."""
+    for file in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            yield file.read_bytes().decode(errors="replace")
+        except OSError:  # a process that ended meanwhile
+            continue
 
 
 def test_a_missing_postgres_is_an_error_that_says_how_to_install_it(monkeypatch, tmp_path):
