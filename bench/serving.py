@@ -93,7 +93,7 @@ def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmente
     from pipeline.config import Params, build, compose
     from pipeline.evaluation.evaluate import serving_config
     from pipeline.model.network import average_models, build_unet
-    from pipeline.serving.onnx_model import OnnxModel, export_onnx
+    from pipeline.serving.onnx_model import export_onnx
 
     params = build(Params, compose([f"preset={preset}", "model.weights=none", *overrides]), f"preset {preset} {overrides}")
     m = params.model
@@ -103,8 +103,7 @@ def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmente
     segmenter = FaceSegmenter()
     if engine == "onnx":
         path = tempfile.mkdtemp() + "/model.onnx"
-        export_onnx(network, path, config)
-        network = OnnxModel(path, config.threads)
+        network = export_onnx(network, path, config)
     segmenter.model, segmenter.config = network, config
     segmenter.warm_up()
     return segmenter

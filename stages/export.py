@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import ServingConfig, assert_params_unchanged, load_params
 from pipeline.io import read_json, write_json
 from pipeline.model.network import load_model
-from pipeline.serving.onnx_model import OnnxModel, export_onnx, parity
+from pipeline.serving.onnx_model import export_onnx, parity
 from pipeline.serving.registry import (describe_version, log_model, promote, register_once, serving_digest,
                                        sync_alias_tags, version_tags)
 from pipeline.tracking import resume_run
@@ -28,8 +28,7 @@ def main() -> None:
     digest = serving_digest(Path(MODEL), config)
     test = split_samples("test")
     keras_model = load_model(MODEL)
-    export_onnx(keras_model, ONNX, config)
-    onnx = OnnxModel(ONNX, cfg.threads)
+    onnx = export_onnx(keras_model, ONNX, config)
     check = parity(keras_model, onnx, test, config, cfg.parity_tolerance, cfg.parity_images)  # raises if broken
     assert_params_unchanged()
     write_json(PARITY, check)

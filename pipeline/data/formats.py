@@ -193,11 +193,7 @@ def read_yolo_folder(path: str | os.PathLike, report: Report, limits: Limits) ->
 
 def _label_lines(label: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of each non-empty line of a YOLO label file."""
-    try:
-        text = label.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FormatError(f"{label}: not a text file ({err})") from None
-    return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return [(n, line.split()) for n, line in enumerate(_text_lines(label), start=1) if line.strip()]
 
 
 def _yolo_box(fields: list[str], width: int, height: int, where: str) -> list[float]:
@@ -330,7 +326,7 @@ def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits) -> 
         report.add("widerface_image_without_faces", int(count == 0))
         file = image_dir / name
         if not file.is_file():
-            raise FormatError(f"{label_file} line {n - count - 1 if count else n - 2}: {file} does not exist")
+            raise FormatError(f"{where}: {file} does not exist")
         if file.stem in listed:
             raise FormatError(f"{label_file}: {name} is listed twice")
         listed.add(file.stem)
@@ -349,9 +345,9 @@ def read_wider_face(path: str | os.PathLike, report: Report, limits: Limits) -> 
 def _wider_row(line: str, where: str) -> list[int]:
     fields = line.split()
     try:
-        if len(fields) < 4:
+        if len(fields) != 10:
             raise ValueError
-        values = [int(v) for v in fields[:10]] + [0] * (10 - len(fields))
+        values = [int(v) for v in fields]
     except ValueError:
         raise FormatError(f"{where}: expected 'x y w h blur expression illumination invalid occlusion pose' as "
                           f"integers, got {line.strip()!r}") from None
@@ -360,10 +356,9 @@ def _wider_row(line: str, where: str) -> list[int]:
 
 def _text_lines(file: Path) -> list[str]:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise FormatError(f"{file}: not a text file ({err})") from None
-    return [line for line in text.splitlines()]
 
 
 def read_image_file(file: Path, report: Report, limits: Limits) -> np.ndarray:

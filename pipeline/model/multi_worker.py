@@ -105,7 +105,7 @@ def fit_multi_worker(strategy, model: keras.Model, train: Examples, val: Example
                 waited = 0 if logs["val_dice"] > phase_best else waited + 1
                 phase_best = max(phase_best, logs["val_dice"])
             rows.append({"epoch": epoch, "phase": name, **{key: float(v) for key, v in logs.items()},
-                         "train_seconds": seconds, "images_per_s": steps * cfg.batch_size / seconds})
+                         "train_seconds": seconds, "images_per_s": steps * cfg.batch_size / seconds, "replicas": replicas})
             for callback in callbacks or []:
                 callback.on_epoch_end(epoch, logs)
             epoch += 1

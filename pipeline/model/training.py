@@ -71,9 +71,12 @@ def fit(model: keras.Model, train: Examples, val: Examples, cfg: TrainConfig,
     Epochs are numbered from `first_epoch`, so several fits log to one MLflow run without clashing steps.
     `loss` defaults to `train.loss` (a face-only model).
     """
+    import tensorflow as tf
+
     ds, steps = make_dataset(train, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed, crop_size=cfg.crop_size)
     val_ds = validation_dataset(val, cfg.batch_size)
     ema, every = cfg.ema_momentum, cfg.val_every
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # the strategy whose scope this fit runs in
     rows, epoch, keep = [], first_epoch, KeepBest()
     for name, epochs, lr, trainable in phases(cfg, finetune_epochs):
         set_trainable(model, trainable)
@@ -90,7 +93,7 @@ def fit(model: keras.Model, train: Examples, val: Examples, cfg: TrainConfig,
         model.fit(ds, steps_per_epoch=steps, validation_data=val_ds,
                   validation_freq=validated, initial_epoch=epoch, epochs=epoch + epochs,
                   callbacks=[history, *swap, *stop, keep, *(callbacks or [])], verbose=2)
-        rows += history.rows
+        rows += [{**row, "replicas": replicas} for row in history.rows]
         epoch += len(history.rows)
     # With train.use_val the val images are training images: their dice picks no epoch, the last stays.
     if not cfg.use_val and keep.weights is not None:
@@ -147,7 +150,7 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
             fit_here = partial(fit_multi_worker, strategy) if cfg.distribute == "multi_worker" else fit
             history = fit_here(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)
-        histories.append(history.assign(member=k, replicas=strategy.num_replicas_in_sync))
+        histories.append(history.assign(member=k))
     return average_models(models), pd.concat(histories, ignore_index=True)
 
 
@@ -178,7 +181,7 @@ def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val:
         "epochs_run": len(history),
         "train_images_per_s": float(np.average(history["images_per_s"], weights=history["train_seconds"])),
         "train_seconds": float(history["train_seconds"].sum()),
-        "replicas": int(history["replicas"].max()) if "replicas" in history else 1,
+        "replicas": int(history["replicas"].max()),
     }
 
 

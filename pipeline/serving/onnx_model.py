@@ -22,8 +22,9 @@ class ParityError(RuntimeError):
     """The exported model does not predict what the evaluated Keras model predicts."""
 
 
-def export_onnx(model, path: str | Path, config: ServingConfig) -> None:
-    """Write `model` as ONNX (any batch size and image side) with `config` in its metadata.
+def export_onnx(model, path: str | Path, config: ServingConfig) -> OnnxModel:
+    """Write `model` as ONNX (any batch size and image side) with `config` in its metadata; return its
+    session (`config.threads`), already checked to answer in Keras' shape.
 
     Keras converts through tf2onnx. The file appears only when complete (written beside, then renamed).
     """
@@ -42,13 +43,16 @@ def export_onnx(model, path: str | Path, config: ServingConfig) -> None:
     entry = proto.metadata_props.add()
     entry.key, entry.value = CONFIG_KEY, json.dumps(config.to_dict())
     onnx.save(proto, str(partial))
-    got = OnnxModel(partial).predict_on_batch(probe).shape
+    exported = OnnxModel(partial, config.threads)
+    got = exported.predict_on_batch(probe).shape
     if got != expected:  # seen once in a `make run`: the output gained a leading axis of 1; not reproduced since
         partial.unlink()
         raise ParityError(f"the ONNX export answers a batch of shape {probe.shape} with shape {got}, the Keras model "
                           f"with {expected}: the conversion changed the output; run the export stage again, or "
                           f"serve with export.engine=keras, and report the versions of tf2onnx and onnxruntime")
     partial.replace(path)
+    exported.path = path  # the session holds the model; the file now has its name
+    return exported
 
 
 class OnnxModel:
