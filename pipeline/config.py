@@ -87,8 +87,10 @@ class ModelConfig:
     decoder: Literal["conv", "bare"]
     decoder_filters: tuple[int, ...]
     bn_momentum: float
+    core_scale: float  # the model learns each face's box shrunk to this fraction of its side (see data.masks)
 
     def __post_init__(self):
+        _check(0 < self.core_scale <= 1, "model.core_scale", "must be in (0, 1]: 1 learns whole boxes")
         _check(self.input_size % 32 == 0 and self.input_size > 0, "model.input_size", "must be a positive multiple of 32")
         _check(len(self.decoder_filters) == 4, "model.decoder_filters", "must list 4 widths, one per decoder block")
         _check(0 < self.bn_momentum < 1, "model.bn_momentum", "must be between 0 and 1")
@@ -266,6 +268,7 @@ class ServingConfig:
     test_map50: float | None = None  # mAP@0.5 on the test split, for a model with classes
     engine: Literal["keras", "onnx"] = "keras"  # set by export (evaluate measures the Keras model; export checks parity)
     threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
+    core_scale: float = 1.0  # the model's face cores are boxes shrunk to this: found cores are grown back by its inverse
 
     @property
     def primary_metric(self) -> str:

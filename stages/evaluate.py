@@ -24,7 +24,8 @@ def main() -> None:
     cfg, size = params.evaluate, params.model.input_size
     test = split_samples("test")
     classes = params.data.classes
-    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size, classes)
+    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size, classes,
+                                           params.model.core_scale)
     serving = serving_config(params, metrics)
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)

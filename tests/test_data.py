@@ -122,3 +122,17 @@ def test_targets_carry_a_channel_per_class_for_faces_that_have_one():
     assert y[0, ..., 2].sum() == 16 * 16 and y[0, :16, :16, 2].all()  # only the labelled one has a class
     assert y[0, ..., 1].sum() == 0 and y[0, ..., 3].sum() == 0
     assert to_arrays([sample], 32)[1].shape == (1, 32, 32, 1)  # a face-only model: the mask alone
+
+
+def test_core_targets_are_the_boxes_shrunk_about_their_centres():
+    from pipeline.data.dataset import to_arrays
+    from pipeline.data.formats import Sample
+
+    # Two touching 10 px faces: whole-box targets merge them, 0.6 cores leave a 4 px gap.
+    sample = Sample("a", np.zeros((32, 32, 3), np.uint8), np.array([[0, 10, 10, 20], [10, 10, 20, 20]], np.float32),
+                    ["with_mask", "without_mask"])
+    _, whole = to_arrays([sample], 32, ("with_mask", "without_mask"))
+    _, core = to_arrays([sample], 32, ("with_mask", "without_mask"), core_scale=0.6)
+    assert whole[0, 15, :, 0].sum() == 20 and whole[0, 15, 9:11, 0].all()
+    np.testing.assert_array_equal(np.flatnonzero(core[0, 15, :, 0]), [2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17])
+    assert core[0, ..., 1].sum() == core[0, ..., 2].sum() == 6 * 6  # each class channel holds its own core

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.data.masks import boxes_to_mask, image_threshold, postprocess
+from pipeline.data.masks import boxes_to_mask, find_faces, image_threshold, postprocess, scale_boxes
 from pipeline.evaluation.metrics import (
     average_precision,
     box_iou,
@@ -149,3 +149,24 @@ def test_each_face_takes_the_class_most_probable_over_its_face_pixels():
     boxes = np.array([[0, 0, 8, 8, 0.9], [10, 0, 18, 8, 0.7]], np.float32)
     (a, pa), (b, pb) = label_faces(probs, mask, boxes, ("with_mask", "without_mask"))
     assert (a, b) == ("without_mask", "with_mask") and pa == pytest.approx(0.8) and pb == pytest.approx(1.0)
+
+
+def test_scale_boxes_keeps_centres_and_extra_columns_and_clips():
+    boxes = np.array([[10, 20, 30, 60, 0.9]], np.float32)
+    np.testing.assert_allclose(scale_boxes(boxes, 0.5), [[15, 30, 25, 50, 0.9]])
+    np.testing.assert_allclose(scale_boxes(boxes, 2.0, 70, 35), [[0, 0, 35, 70, 0.9]])
+    assert scale_boxes(np.zeros((0, 4)), 0.5).shape == (0, 4)
+
+
+def test_found_cores_are_labelled_on_their_pixels_then_grown_back():
+    prob = np.zeros((40, 40, 3), np.float32)
+    prob[..., 2] = 1.0  # outside the faces the class channels say "b": it must not count
+    prob[13:19, 2:8] = [0.9, 1.0, 0.0]   # the 0.6 core of the face [0, 11, 10, 21], class "a"
+    prob[13:19, 12:18] = [0.8, 0.0, 1.0]  # the core of its neighbour [10, 11, 20, 21], class "b"
+    mask, boxes, labels = find_faces(prob, 0.5, classes=("a", "b"), core_scale=0.6)
+    np.testing.assert_allclose(boxes[:, :4], [[0, 11, 10, 21], [10, 11, 20, 21]], atol=1e-4)
+    np.testing.assert_allclose(boxes[:, 4], [0.9, 0.8], atol=1e-6)
+    assert [label for label, _ in labels] == ["a", "b"]
+    np.testing.assert_array_equal(mask, boxes_to_mask(boxes[:, :4], 40, 40))  # the mask is the grown boxes
+    same_mask, same_boxes, _ = find_faces(prob, 0.5, classes=("a", "b"))
+    assert same_mask.sum() == 2 * 36 and same_boxes[0, 2] == 8  # core_scale 1: the map as it is

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.config import AugmentConfig
 from pipeline.data.formats import Sample
-from pipeline.data.masks import boxes_to_mask
+from pipeline.data.masks import boxes_to_mask, scale_boxes
 
 NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 
@@ -22,16 +22,21 @@ def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), core_scale: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 N x s x s x 3, targets float32 N x s x s x (1 + len(classes))).
 
     Channel 0 is the face mask; with `classes`, channel 1 + k covers the faces of class k (faces
     without a class are in channel 0 only). Targets are resized by area, so a face smaller than a
-    model pixel remains as a fractional target instead of vanishing.
+    model pixel remains as a fractional target instead of vanishing. With `core_scale` < 1 the
+    targets are the boxes shrunk about their centres: neighbours in a crowd no longer touch.
     """
     x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
-    y = [np.stack([_resized(s.boxes, s, size)] + [_resized(s.boxes[[label == c for label in s.labels]], s, size)
-                                                   for c in classes], axis=-1) for s in samples]
+    y = []
+    for s in samples:
+        cores = scale_boxes(s.boxes, core_scale)
+        y.append(np.stack([_resized(cores, s, size)] + [_resized(cores[[label == c for label in s.labels]], s, size)
+                                                        for c in classes], axis=-1))
     return x, np.stack(y) if y else np.zeros((0, size, size, 1 + len(classes)), np.float32)
 
 
@@ -49,7 +54,8 @@ class Examples:
     size: int
 
 
-def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = (), stream: bool = False) -> Examples:
+def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = (), stream: bool = False,
+             core_scale: float = 1.0) -> Examples:
     """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
     one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
     memory stays flat however large the split; every epoch decodes and resizes again). Both give the
@@ -58,11 +64,11 @@ def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = ()
 
     channels = 1 + len(classes)
     if not stream:
-        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes))
+        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale))
         return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size)
 
     def prepare(i):
-        x, y = to_arrays([samples[int(i)]], size, classes)
+        x, y = to_arrays([samples[int(i)]], size, classes, core_scale)
         return x[0], y[0]
 
     def load(i):

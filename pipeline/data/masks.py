@@ -22,6 +22,20 @@ def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
+def scale_boxes(boxes: np.ndarray, factor: float, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """Boxes (`x1 y1 x2 y2` and any further columns, kept) scaled about their centres by `factor`,
+    clipped to the image when its size is given."""
+    out = np.array(boxes, np.float32).reshape(-1, np.shape(boxes)[-1] if np.size(boxes) else 4)
+    if factor == 1 or not len(out):
+        return out
+    centre, half = (out[:, :2] + out[:, 2:4]) / 2, (out[:, 2:4] - out[:, :2]) * (factor / 2)
+    out[:, :2], out[:, 2:4] = centre - half, centre + half
+    if height is not None:
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
 def postprocess(prob: np.ndarray, threshold: float, min_area: int = 0, separate: bool = False,
                 ratio: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Threshold a probability map into (mask, boxes).
@@ -93,12 +107,20 @@ def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.
 
 
 def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: bool = False, ratio: float = 0.0,
-               classes: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+               classes: tuple[str, ...] = (), core_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
     """What a map from `predict_probs` answers, for evaluation and serving alike: the face mask,
     the boxes (`x1 y1 x2 y2 score`) and a (class, probability) per box, (None, None) for a model
-    without classes. A labelling model's map is H x W x (1 + classes), face channel first."""
+    without classes. A labelling model's map is H x W x (1 + classes), face channel first.
+
+    A model trained on face cores (`core_scale` < 1, the boxes shrunk about their centres) finds
+    cores: each is labelled from its own pixels, then grown back by 1 / `core_scale`, and the
+    mask is the union of the grown boxes (the face regions as the data defines them).
+    """
     mask, boxes = postprocess(prob if prob.ndim == 2 else prob[..., 0], threshold, min_area, separate, ratio)
     labels = label_faces(prob[..., 1:], mask, boxes, classes) if classes else [(None, None)] * len(boxes)
+    if core_scale != 1:
+        boxes = scale_boxes(boxes, 1 / core_scale, *mask.shape)
+        mask = boxes_to_mask(boxes[:, :4], *mask.shape)
     return mask, boxes, labels
 
 

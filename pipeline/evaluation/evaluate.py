@@ -13,12 +13,12 @@ from pipeline.model.inference import predict_probs, tta_sizes
 
 
 def threshold_table(probs: list[np.ndarray], samples: list[Sample], thresholds: np.ndarray, min_area: int,
-                    ratio: float = 0.0) -> pd.DataFrame:
+                    ratio: float = 0.0, core_scale: float = 1.0) -> pd.DataFrame:
     """Mean dice and pooled pixel precision/recall per threshold (the val PR curve; with `ratio`, per base threshold)."""
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     rows = []
     for t in thresholds:
-        masks = [find_faces(p, float(t), min_area, ratio=ratio)[0] for p in probs]
+        masks = [find_faces(p, float(t), min_area, ratio=ratio, core_scale=core_scale)[0] for p in probs]
         tp, fp, fn = np.sum([pixel_counts(m, g) for m, g in zip(masks, trues)], axis=0)
         rows.append({
             "threshold": round(float(t), 4),
@@ -35,10 +35,11 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
-             separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = ()) -> tuple[dict, list]:
+             separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = (),
+             core_scale: float = 1.0) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
     how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list)."""
-    found = [find_faces(p, threshold, min_area, separate, ratio, classes) for p in probs]
+    found = [find_faces(p, threshold, min_area, separate, ratio, classes, core_scale) for p in probs]
     preds = [(mask, boxes) for mask, boxes, _ in found]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
@@ -60,11 +61,11 @@ def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig
                          threshold_ratio=e.threshold_ratio, min_area=e.min_area,
                          test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
                          limits=params.export.limits, caveat=params.caveat, classes=params.data.classes,
-                         test_map50=metrics.get("map50"))
+                         test_map50=metrics.get("map50"), core_scale=params.model.core_scale)
 
 
 def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int,
-                   classes: tuple[str, ...] = ()):
+                   classes: tuple[str, ...] = (), core_scale: float = 1.0):
     """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
@@ -73,9 +74,9 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
     """
     min_area, ratio, sizes = cfg.min_area, cfg.threshold_ratio, tta_sizes(input_size, cfg.tta_scales)
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=cfg.flip_tta)  # noqa: E731
-    table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio)
+    table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio, core_scale)
     threshold = choose_threshold(table) if cfg.threshold is None else cfg.threshold
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes)
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds
 

@@ -138,7 +138,8 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
-    data = examples(train, size, classes, cfg.stream), examples(val, size, classes, cfg.stream)
+    data = (examples(train, size, classes, cfg.stream, model_cfg.core_scale),
+            examples(val, size, classes, cfg.stream, model_cfg.core_scale))
     models, histories = [], []
     loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
     for k, epochs in enumerate(cfg.member_epochs):

@@ -108,7 +108,8 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
     probs = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
     rows = []
     for prob in probs:
-        mask, found, labels = find_faces(prob, threshold, min_area, config.separate_faces, ratio, config.classes)
+        mask, found, labels = find_faces(prob, threshold, min_area, config.separate_faces, ratio, config.classes,
+                                          config.core_scale)
         boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
