@@ -2,10 +2,20 @@
 
     python -m bench.mask_baseline                      # ../shared/data/facemask-scenes and facemask-crops
     python -m bench.mask_baseline --alpha 0.25 --crop 96
+    python -m bench.mask_baseline --project .          # the classic recipe as a detector, against ours
 
 Face crops (true boxes, a margin around them) go through a frozen ImageNet MobileNet v1; a small
 dense head (as the classic projects train) learns the classes from the pooled features, with
-class weights against the imbalance. Three measurements, each printed with its cost:
+class weights against the imbalance.
+
+With `--project DIR` (a project whose pipeline trained a labelling model): the classic two-stage
+recipe on that project's own split. The head learns from the true faces of its train split; at
+test time it labels the boxes the project's model finds, with the served settings
+(eval/serving_config.json), so both methods share the detector, the split (its fingerprint is
+checked) and the scoring (`mask_wearing_report`: mAP@0.5 with detection score x label score,
+macro-F1 on found faces). No face-detector weights exist offline (the classic projects used
+OpenCV's SSD), so the detector is ours for both; what differs is how a face gets its label.
+Without it, three measurements, each printed with its cost:
 - scenes -> scenes: trained on the train split's faces of facemask-scenes, tested on its test split
   (the pipeline's seeded split, stratified by class), 3 classes;
 - crops -> scenes: trained on facemask-crops' folders, tested on the same scene faces (2 classes);
@@ -21,24 +31,46 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
-from pipeline.config import Params, build, compose, resolve_path
-from pipeline.data.formats import IMAGE_SUFFIXES, Report, read_image_file, read_voc_folder, to_tables
+from pipeline.config import Params, build, compose, read_params, resolve_path
+from pipeline.data.formats import (
+    IMAGE_SUFFIXES,
+    Report,
+    fingerprint,
+    load_samples,
+    read_image_file,
+    read_voc_folder,
+    to_tables,
+)
+from pipeline.data.masks import find_faces
 from pipeline.data.split import split_dataset
+from pipeline.evaluation.metrics import mask_wearing_report
+from pipeline.io import read_json
+from pipeline.model.inference import predict_probs
 
 SCENES_CLASSES = {"with_mask": "with_mask", "without_mask": "without_mask", "mask_weared_incorrect": "incorrect"}
 
 
+def face_crops(image: np.ndarray, boxes: np.ndarray, size: int, margin: float) -> list[np.ndarray]:
+    """Each box grown by `margin` of its side and clipped to the image, resized to size x size."""
+    h, w = image.shape[:2]
+    out = []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64)[:, :4]:
+        dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+        x1, y1 = int(max(0, x1 - dx)), int(max(0, y1 - dy))
+        x2, y2 = int(min(w, max(x2 + dx + 1, x1 + 1))), int(min(h, max(y2 + dy + 1, y1 + 1)))
+        out.append(cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA))
+    return out
+
+
 def crops_of(samples, size: int, margin: float) -> tuple[np.ndarray, list[str]]:
-    """Each labelled face, its box grown by `margin` of its side and clipped, resized to size x size."""
+    """Each labelled face's crop (`face_crops`) and its class; faces without a class are left out."""
     out, labels = [], []
     for s in samples:
-        for (x1, y1, x2, y2), label in zip(s.boxes, s.labels):
-            dx, dy = margin * (x2 - x1), margin * (y2 - y1)
-            x1, y1 = int(max(0, x1 - dx)), int(max(0, y1 - dy))
-            x2, y2 = int(min(s.width, x2 + dx + 1)), int(min(s.height, y2 + dy + 1))
-            out.append(cv2.resize(s.image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA))
-            labels.append(label)
+        known = [k for k, label in enumerate(s.labels) if label is not None]
+        out += face_crops(s.image, s.boxes[known], size, margin)
+        labels += [s.labels[k] for k in known]
     return np.stack(out), labels
 
 
@@ -91,6 +123,64 @@ def score(head, x: np.ndarray, labels: list[str], classes: list[str], keep: list
             f"on {len(sel)} faces; confusion (rows true {keep}, columns predicted {columns}): {matrix.tolist()}")
 
 
+def classify(base, head, crops: list[np.ndarray], classes: list[str]) -> list[tuple[str, float]]:
+    """(class, probability) per crop from the frozen encoder and the head."""
+    if not crops:
+        return []
+    probs = head.predict(features(base, np.stack(crops))[0], verbose=0)
+    return [(classes[k], float(row[k])) for row, k in zip(probs, probs.argmax(axis=1))]
+
+
+def compare_on_project(project: Path, args, weights: str) -> None:
+    """The classic two-stage recipe against the project's labelling model, on its split and detector."""
+    import keras
+
+    from pipeline.model.network import load_model
+
+    seed, serving = read_params(project / "params.yaml")["train"]["seed"], read_json(project / "eval/serving_config.json")
+    classes = tuple(serving["classes"])
+    if not classes:
+        raise SystemExit(f"{project}: its model labels no faces (data.labels is empty); train one with labels first")
+    table = pd.read_csv(project / "data/split.csv", dtype={"image_id": str})
+    split = {n: load_samples(project / "data/extracted", list(table.loc[table["split"] == n, "image_id"]))
+             for n in ("train", "test")}
+    if fingerprint(split["test"]) != serving["test_fingerprint"]:
+        raise SystemExit(f"{project}: the test split is not the one its model was evaluated on (fingerprint differs)")
+    test = split["test"]
+
+    start = time.perf_counter()
+    probs = predict_probs(load_model(project / "models/model.keras"), [s.image for s in test], serving["tta_sizes"],
+                          flip=serving["flip_tta"])
+    found = [find_faces(p, serving["threshold"], serving["min_area"], serving["separate_faces"],
+                        serving["threshold_ratio"], classes, serving.get("core_scale", 1.0)) for p in probs]
+    detect = time.perf_counter() - start
+    boxes = [b for _, b, _ in found]
+
+    base = keras.applications.MobileNet(input_shape=(args.crop, args.crop, 3), alpha=args.alpha, include_top=False,
+                                        weights=weights, pooling="avg")
+    x_train, y_train = crops_of(split["train"], args.crop, args.margin)
+    head, seconds = train_head(features(base, x_train)[0], y_train, list(classes), seed, args.epochs)
+    start = time.perf_counter()
+    classic = [classify(base, head, face_crops(s.image, b, args.crop, args.margin), list(classes)) for s, b in zip(test, boxes)]
+    n_found = sum(map(len, boxes))
+    per_face = 1000 * (time.perf_counter() - start) / max(n_found, 1)
+
+    truth = [s.boxes for s in test], [s.labels for s in test]
+    print(f"{project}: {len(test)} test images (fingerprint {serving['test_fingerprint']}), {n_found} faces found by "
+          f"its model ({1000 * detect / len(test):.0f} ms an image in-process); classic head trained on "
+          f"{len(y_train)} true train faces in {seconds:.1f} s")
+    rows = [("ours: class channels, one pass", [labels for _, _, labels in found], "0 (in the one pass)"),
+            (f"classic: MobileNet {args.alpha} crops {args.crop} px + dense head", classic, f"{per_face:.1f} ms a face")]
+    aps = " | ".join(f"AP {c}" for c in classes)
+    print(f"| labels from | mAP@0.5 | {aps} | macro-F1 | label accuracy | labelling cost |")
+    print("| --- " * (5 + len(classes)) + "|")
+    for name, labels, cost in rows:
+        m, confusion = mask_wearing_report(boxes, labels, *truth, classes)
+        per_class = " | ".join(f"{m.get(f'ap50_{c}', float('nan')):.3f}" for c in classes)
+        print(f"| {name} | {m['map50']:.3f} | {per_class} | {m['macro_f1']:.3f} | {m['label_accuracy']:.3f} | {cost} |")
+        print(f"  confusion on found faces (rows true {list(classes)}): {confusion.tolist()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", default="../shared/data/facemask-scenes")
@@ -99,9 +189,12 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128, help="crop side in pixels")
     parser.add_argument("--margin", type=float, default=0.15, help="box margin, as a fraction of its side")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--project", type=Path, help="compare with this project's labelling model on its split")
     args = parser.parse_args()
-    params = build(Params, compose([]), "params")
     weights = str(resolve_path(f"../shared/weights/mobilenet_{'2_5' if args.alpha == 0.25 else '7_5'}_224_tf_no_top.h5"))
+    if args.project:
+        return compare_on_project(args.project, args, weights)
+    params = build(Params, compose([]), "params")
     labels_map = params.data.labels or SCENES_CLASSES
     classes = sorted(set(labels_map.values()))
 
