@@ -94,7 +94,7 @@ def parity(reference, exported, samples: list[Sample], config: ServingConfig, to
     images = [s.image for s in samples]
     maps = predict_probs(exported, images, config.tta_sizes, flip=config.flip_tta)
     metrics, _ = evaluate(maps, samples, config.threshold, config.min_area, config.separate_faces,
-                          config.threshold_ratio, config.classes)
+                          config.threshold_ratio, config.classes, config.core_scale)
     report = {"keras_dice": config.test_dice, "onnx_dice": metrics["dice"]}
     if config.classes:
         report.update(keras_map50=config.test_map50, onnx_map50=metrics["map50"])

@@ -155,8 +155,8 @@ def describe_version(metrics: dict, config: ServingConfig, decision: dict, parit
 def sync_alias_tags(client: MlflowClient, name: str) -> None:
     """Set each run's `alias` tag to the aliases its versions hold now, so no run keeps a stale one."""
     holders: dict[str, list[str]] = {}  # version -> aliases (version search results carry none)
-    for alias, version in client.get_registered_model(name).aliases.items():
-        holders.setdefault(str(version), []).append(alias)
+    for alias, number in client.get_registered_model(name).aliases.items():
+        holders.setdefault(str(number), []).append(alias)
     by_run: dict[str, list[str]] = {}
     for v in client.search_model_versions(f"name = '{name}'"):
         by_run.setdefault(v.run_id, []).extend(holders.get(str(v.version), []))
