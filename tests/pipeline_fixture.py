@@ -59,6 +59,24 @@ def make_clone(dest: Path, overrides: dict = TINY) -> Path:
     return dest
 
 
+def synthetic_voc(root: Path, n_images: int, seed: int, names: tuple[str, ...] = ("masked", "bare")) -> Path:
+    """Generated scenes written as a Pascal VOC folder, each face named from `names` in turn."""
+    import cv2
+
+    from pipeline.data.synthetic import generate
+
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for i, sample in enumerate(generate(n_images, 64, 96, 3, seed)):
+        objects = "".join(f"<object><name>{names[(i + k) % len(names)]}</name><bndbox><xmin>{int(b[0])}</xmin>"
+                          f"<ymin>{int(b[1])}</ymin><xmax>{int(b[2])}</xmax><ymax>{int(b[3])}</ymax></bndbox></object>"
+                          for k, b in enumerate(sample.boxes))
+        (root / "Annotations" / f"scene{i}.xml").write_text(
+            f"<annotation><filename>scene{i}.jpg</filename>{objects}</annotation>")
+        cv2.imwrite(str(root / "JPEGImages" / f"scene{i}.jpg"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+    return root
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`base` with `override` laid over it, nested dicts merged key by key."""
     out = dict(base)

@@ -18,7 +18,7 @@ from ops.servers import free_port, scoring_server
 from ops.tracking_server import ServerError, mlflow_server, pg_bin, postgres
 from pipeline.serving.client import request_body
 from tests.conftest import ROOT
-from tests.pipeline_fixture import TINY, client, deep_merge, env, make_clone, sh
+from tests.pipeline_fixture import TINY, client, deep_merge, env, make_clone, sh, synthetic_voc
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,8 @@ def postgres_or_skip() -> None:
 
 
 def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_tracking_server(tmp_path):
+    """The tiny pipeline, here with labelled faces from a VOC folder and face cores (model.core_scale), against
+    the server: the served answer carries each face's label over HTTP."""
     postgres_or_skip()
     state = Path(tempfile.mkdtemp(prefix="facemask-tracking-"))  # under /tmp: reachable by the `postgres` user
     try:
@@ -47,7 +49,11 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
             password = (state / "postgres-password").read_text().strip()
             assert oct((state / "postgres-password").stat().st_mode)[-3:] == "600"
             assert not any(password in line for line in command_lines())  # in no process's arguments
-            project = make_clone(tmp_path / "project", QUICK)
+            voc = synthetic_voc(tmp_path / "voc", 48, seed=1)
+            labelled = deep_merge(QUICK, {"data": {"sources": [{"type": "voc", "path": str(voc)}],
+                                                   "labels": {"masked": "with_mask", "bare": "without_mask"}},
+                                          "model": {"core_scale": 0.75}})
+            project = make_clone(tmp_path / "project", labelled)
             sh(project, "dvc", "repro", extra_env={"MLFLOW_TRACKING_URI": url})
             assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()  # all on the server
 
@@ -70,12 +76,18 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
             assert list((state / "artifacts").rglob("MLmodel")) and list((state / "artifacts").rglob("model.onnx"))
 
             with scoring_server("models:/face-segmenter@champion", url, log_path=tmp_path / "serve.log") as server:
-                photo = next((project / "data/extracted/images").iterdir())
-                body = request_body([base64.b64encode(photo.read_bytes()).decode()], None)
+                photos = sorted((project / "data/extracted/images").iterdir())[:8]
+                body = request_body([base64.b64encode(photo.read_bytes()).decode() for photo in photos], None)
                 answer = requests.post(f"{server.url}/invocations", json=body, timeout=60)
                 assert answer.status_code == 200, answer.text
-                (prediction,) = answer.json()["predictions"]
-                assert prediction["n_faces"] == len(json.loads(prediction["boxes"])) and prediction["mask"]
+                predictions = answer.json()["predictions"]
+                assert len(predictions) == len(photos)
+                for prediction in predictions:
+                    boxes, faces = json.loads(prediction["boxes"]), json.loads(prediction["faces"])
+                    assert prediction["n_faces"] == len(boxes) and prediction["mask"]
+                    assert [f["box"] for f in faces] == [b[:4] for b in boxes]
+                    assert all(f["label"] in ("with_mask", "without_mask") and 0 < f["label_score"] <= 1 for f in faces)
+                assert sum(p["n_faces"] for p in predictions) > 0
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
