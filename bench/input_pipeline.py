@@ -9,8 +9,10 @@ dataset in a temporary folder, then, each in a fresh process so peak memory is i
 - `stream`: the training dataset of `train.stream: true` (images read from disk per step): its images/s
   alone (no model) and the process's peak memory;
 - `memory`: the same with every image held in memory (`train.stream: false`);
-- `model`: the training step rate of the preset's model on batches already in memory.
-The input is never the bottleneck when `stream` images/s exceeds `model` images/s (on 2 cores both
+- where the model's step time goes, on one batch of crops already in memory: `forward` (prediction
+  alone), `warmup` (a training step with the encoder frozen but its last `train.warmup_trainable_layers`
+  layers) and `finetune` (a step with `train.finetune_trainable_layers` trainable, as fine-tuning runs).
+The input is never the bottleneck when `stream` images/s exceeds `finetune` images/s (on 2 cores both
 share the CPU: training streamed runs at about the slower of the two).
 """
 
@@ -28,6 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Params, build, compose
+
+
+MODEL_MODES = ("forward", "warmup", "finetune")
 
 
 def params_of(preset: str, overrides: list[str]) -> Params:
@@ -52,22 +57,26 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
 
     from pipeline.data.dataset import examples, make_dataset, to_arrays
     from pipeline.data.formats import load_samples
-    from pipeline.model.network import build_unet
+    from pipeline.model.losses import FaceAndClassLoss, get_loss
+    from pipeline.model.network import build_unet, set_trainable
 
     params = params_of(preset, overrides)
-    cfg, size = params.train, params.model.input_size
+    cfg, size, classes = params.train, params.model.input_size, params.data.classes
     samples = load_samples(folder, lazy=mode == "stream")
-    if mode == "model":
+    if mode in MODEL_MODES:
         m = params.model
-        model = build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, m.bn_momentum)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
-        side = cfg.crop_size or size
-        x, y = to_arrays(samples[: cfg.batch_size], side)
+        model = build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, m.bn_momentum, n_classes=len(classes))
+        set_trainable(model, cfg.warmup_trainable_layers if mode == "warmup" else cfg.finetune_trainable_layers)
+        loss = FaceAndClassLoss(cfg.loss, [1.0] * len(classes)) if classes else get_loss(cfg.loss)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+        x, y = to_arrays(samples[: cfg.batch_size], cfg.crop_size or size)
+        y = np.concatenate([y] + [y] * len(classes), axis=-1)  # class channels: the demo's faces carry no class
         x = x.astype(np.float32)
-        model.train_on_batch(x, y)
+        step = (lambda: model.predict_on_batch(x)) if mode == "forward" else (lambda: model.train_on_batch(x, y))
+        step()
         start = time.perf_counter()
         for _ in range(steps):
-            model.train_on_batch(x, y)
+            step()
     else:
         data = examples(samples, size, (), stream=mode == "stream")
         ds = iter(make_dataset(data, cfg.batch_size, cfg.augment, cfg.seed, cfg.crop_size)[0])
@@ -97,8 +106,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = args.data or Path(tmp) / "data"
             n = len(pd.read_csv(folder / "images.csv")) if args.data else write_data(params, scale, folder)
-            for mode in ("stream", "memory", "model"):
-                if mode == "model" and scale not in (None, args.scale[0]):
+            for mode in ("stream", "memory", *MODEL_MODES):
+                if mode in MODEL_MODES and scale not in (None, args.scale[0]):
                     continue  # the step rate does not depend on the data's size
                 cmd = [sys.executable, "-m", "bench.input_pipeline", "--preset", args.preset, "--steps", str(args.steps),
                        *sum((["-S", o] for o in args.overrides), []), "--measure", mode, str(folder)]
