@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Params, build, compose, read_params, resolve_path
+from pipeline.config import Limits, Params, build, compose, read_params, resolve_path
 from pipeline.data.formats import (
     IMAGE_SUFFIXES,
     Report,
@@ -43,7 +43,7 @@ from pipeline.data.formats import (
     read_voc_folder,
     to_tables,
 )
-from pipeline.data.masks import find_faces
+from pipeline.data.masks import find_faces, label_faces
 from pipeline.data.split import split_dataset
 from pipeline.evaluation.metrics import mask_wearing_report
 from pipeline.io import read_json
@@ -74,14 +74,18 @@ def crops_of(samples, size: int, margin: float) -> tuple[np.ndarray, list[str]]:
     return np.stack(out), labels
 
 
-def folder_crops(root: Path, size: int, limits) -> tuple[np.ndarray, list[str]]:
+def folder_images(root: Path, limits) -> tuple[list[np.ndarray], list[str]]:
     """facemask-crops: one image per face, in a folder named by its class."""
     out, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-            out.append(cv2.resize(read_image_file(file, Report(), limits), (size, size), interpolation=cv2.INTER_AREA))
+            out.append(read_image_file(file, Report(), limits))
             labels.append(folder.name)
-    return np.stack(out), labels
+    return out, labels
+
+
+def resized(images: list[np.ndarray], size: int) -> np.ndarray:
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 
 
 def features(base, crops: np.ndarray) -> tuple[np.ndarray, float]:
@@ -149,8 +153,8 @@ def compare_on_project(project: Path, args, weights: str) -> None:
     test = split["test"]
 
     start = time.perf_counter()
-    probs = predict_probs(load_model(project / "models/model.keras"), [s.image for s in test], serving["tta_sizes"],
-                          flip=serving["flip_tta"])
+    model = load_model(project / "models/model.keras")
+    probs = predict_probs(model, [s.image for s in test], serving["tta_sizes"], flip=serving["flip_tta"])
     found = [find_faces(p, serving["threshold"], serving["min_area"], serving["separate_faces"],
                         serving["threshold_ratio"], classes, serving.get("core_scale", 1.0)) for p in probs]
     detect = time.perf_counter() - start
@@ -180,6 +184,21 @@ def compare_on_project(project: Path, args, weights: str) -> None:
         print(f"| {name} | {m['map50']:.3f} | {per_class} | {m['macro_f1']:.3f} | {m['label_accuracy']:.3f} | {cost} |")
         print(f"  confusion on found faces (rows true {list(classes)}): {confusion.tolist()}")
 
+    # Scenes -> crops: each crop is one face, so both label the whole crop (no detection involved).
+    images, truth_crops = folder_images(resolve_path(args.crops), build(Limits, serving["limits"], "limits"))
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(images), size=min(args.crops_sample, len(images)), replace=False))
+    images, truth_crops = [images[i] for i in pick], [truth_crops[i] for i in pick]
+    ours_crops = []
+    for p in predict_probs(model, images, serving["tta_sizes"], flip=serving["flip_tta"]):
+        mask, h, w = (p[..., 0] >= serving["threshold"]).astype(np.uint8), *p.shape[:2]
+        ours_crops.append(label_faces(p[..., 1:], mask, np.array([[0, 0, w, h]]), classes)[0][0])
+    classic_crops = [label for label, _ in classify(base, head, list(resized(images, args.crop)), list(classes))]
+    for name, labels in (("ours", ours_crops), ("classic", classic_crops)):
+        right = sum(p == t for p, t in zip(labels, truth_crops))
+        print(f"scenes -> crops, {name}: accuracy {right / len(labels):.3f} on {len(labels)} crops of {args.crops} "
+              f"(seeded sample; an `incorrect` answer counts as wrong)")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +209,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.15, help="box margin, as a fraction of its side")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--project", type=Path, help="compare with this project's labelling model on its split")
+    parser.add_argument("--crops-sample", type=int, default=400, help="with --project: crops labelled by both (seeded)")
     args = parser.parse_args()
     weights = str(resolve_path(f"../shared/weights/mobilenet_{'2_5' if args.alpha == 0.25 else '7_5'}_224_tf_no_top.h5"))
     if args.project:
@@ -203,7 +223,8 @@ def main() -> None:
     split = split_dataset(images, boxes, params.split.val, params.split.test, params.split.seed).set_index("image_id")["split"]
     parts = {name: [s for s in scenes if split[s.image_id] == name] for name in ("train", "test")}
     (x_train, y_train), (x_test, y_test) = (crops_of(parts[n], args.crop, args.margin) for n in ("train", "test"))
-    x_crops, y_crops = folder_crops(resolve_path(args.crops), args.crop, params.export.limits)
+    crop_images, y_crops = folder_images(resolve_path(args.crops), params.export.limits)
+    x_crops = resized(crop_images, args.crop)
     import keras
 
     base = keras.applications.MobileNet(input_shape=(args.crop, args.crop, 3), alpha=args.alpha, include_top=False,
