@@ -40,7 +40,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    type: Literal["synthetic", "images_npy", "yolo", "voc", "widerface"]
+    type: Literal["synthetic", "images_npy", "yolo", "voc", "widerface", "crops"]
     path: str | None
 
     def __post_init__(self):

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WIDERFACE = SHARED / "data" / "widerface-dev"
 FACEMASK_SCENES = SHARED / "data" / "facemask-scenes"
+FACEMASK_CROPS = SHARED / "data" / "facemask-crops"
 WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 PARAMS = load_params(ROOT / "params.yaml")  # the committed defaults, for tests to vary with dataclasses.replace
 LIMITS = PARAMS.export.limits

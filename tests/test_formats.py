@@ -7,7 +7,7 @@ import pytest
 from pipeline.data import formats
 from pipeline.data.formats import FormatError, Report, load_samples, write_dataset
 from pipeline.data.masks import boxes_to_mask
-from tests.conftest import FACEMASK_SCENES, LIMITS, WIDERFACE, course_array, face, png_header
+from tests.conftest import FACEMASK_CROPS, FACEMASK_SCENES, LIMITS, WIDERFACE, course_array, face, png_header
 
 
 def read_images_npy(path, report):
@@ -262,13 +262,18 @@ def test_several_sources_are_read_in_order_with_ids_kept_apart(tmp_path):
     npy = save(tmp_path, [(np.zeros((12, 16, 3), np.uint8), [face(0.1, 0.2, 0.5, 0.6)])])
     cfg = DataConfig(sources=(SourceConfig("voc", str(voc)), SourceConfig("images_npy", str(npy))), labels=CLASSES,
                      synthetic=None)
+    (tmp_path / "crops" / "with_mask").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "crops" / "with_mask" / "a.jpg"), np.zeros((24, 20, 3), np.uint8))
+    cfg = DataConfig(sources=(*cfg.sources, SourceConfig("crops", str(tmp_path / "crops"))), labels=CLASSES, synthetic=None)
     samples, summary = read_sources(cfg, Report(), LIMITS)
-    assert [s.image_id for s in samples] == ["s0-row00000", "s1-row00000"]
-    assert [s.labels for s in samples] == [["without_mask"], [None]]
+    assert [s.image_id for s in samples] == ["s0-row00000", "s1-row00000", "s2-with_mask-a"]
+    assert [s.labels for s in samples] == [["without_mask"], [None], ["with_mask"]]
     assert summary == [{"type": "voc", "path": str(voc), "n_images": 1, "n_faces": 1, "classes": {"without_mask": 1}},
-                       {"type": "images_npy", "path": str(npy), "n_images": 1, "n_faces": 1, "classes": {}}]
-    assert cfg.name == "voc+images_npy" and cfg.classes == ("incorrect", "with_mask", "without_mask")
-    single, _ = read_sources(DataConfig(sources=cfg.sources[1:], labels={}, synthetic=None), Report(), LIMITS)
+                       {"type": "images_npy", "path": str(npy), "n_images": 1, "n_faces": 1, "classes": {}},
+                       {"type": "crops", "path": str(tmp_path / "crops"), "n_images": 1, "n_faces": 1,
+                        "classes": {"with_mask": 1}}]
+    assert cfg.name == "voc+images_npy+crops" and cfg.classes == ("incorrect", "with_mask", "without_mask")
+    single, _ = read_sources(DataConfig(sources=cfg.sources[1:2], labels={}, synthetic=None), Report(), LIMITS)
     assert [s.image_id for s in single] == ["row00000"]  # one source keeps its ids
 
 
@@ -292,6 +297,33 @@ def test_real_voc_folder():
     assert len(samples) == 853 and sum(len(s.boxes) for s in samples) == 4072
     assert report.labels == {"with_mask": 3232, "without_mask": 717, "mask_weared_incorrect": 123}
     assert report.counts["stray_text_in_annotation"] == 1  # maksssksksss0.xml's debris line
+
+
+def test_crop_folders_are_one_whole_image_face_each_labelled_by_its_folder(tmp_path):
+    for folder, sizes in {"masked": [(40, 30), (20, 20)], "bare": [(50, 60)]}.items():
+        (tmp_path / folder).mkdir()
+        for i, (h, w) in enumerate(sizes):
+            cv2.imwrite(str(tmp_path / folder / f"{i}.jpg"), np.full((h, w, 3), 90, np.uint8))
+    (tmp_path / "bare" / "notes.txt").write_text("not an image")
+    report = Report()
+    samples = list(formats.read_crop_folders(tmp_path, report, LIMITS, {"masked": "with_mask", "bare": "without_mask"}))
+    assert [s.image_id for s in samples] == ["bare-0", "masked-0", "masked-1"]
+    assert [s.labels for s in samples] == [["without_mask"], ["with_mask"], ["with_mask"]]
+    np.testing.assert_array_equal(samples[0].boxes, [[0, 0, 60, 50]])  # the whole image, x2 = width
+    assert report.labels == {"masked": 2, "bare": 1} and report.counts["not_an_image"] == 1
+    assert all(s.labels == [None] for s in formats.read_crop_folders(tmp_path, Report(), LIMITS))  # no data.labels
+    with pytest.raises(FormatError, match=re.escape(f"{tmp_path / 'masked'}: folder name 'masked' is not in data.labels")):
+        list(formats.read_crop_folders(tmp_path, Report(), LIMITS, {"bare": "without_mask"}))
+    with pytest.raises(FormatError, match="no class subfolders"):
+        list(formats.read_crop_folders(tmp_path / "bare", Report(), LIMITS))
+
+
+@pytest.mark.skipif(not FACEMASK_CROPS.exists(), reason="../shared/data/facemask-crops not present (it is in CI)")
+def test_real_crop_folders():
+    report = Report()
+    samples = list(formats.read_crop_folders(FACEMASK_CROPS, report, LIMITS, {"with_mask": "with_mask", "without_mask": "without_mask"}))
+    assert len(samples) == 4094 and report.labels == {"with_mask": 2164, "without_mask": 1930}
+    assert all(s.boxes.tolist() == [[0, 0, s.width, s.height]] for s in samples)
 
 
 def wider_tree(root, entries: list[tuple[str, tuple[int, int], list[str]]], extra_images=(), subset="train") -> str:

@@ -248,6 +248,34 @@ def read_voc_folder(path: str | os.PathLike, report: Report, limits: Limits, cla
     return samples
 
 
+def read_crop_folders(path: str | os.PathLike, report: Report, limits: Limits, classes: dict[str, str] | None = None
+                      ) -> Iterator[Sample]:
+    """Face crops sorted into one folder per class (`<path>/<name>/*.jpg`, the layout mask classifiers
+    train on): each image is one face filling it, its box the whole image. The folder's name is
+    counted in `report.labels`; with `classes` (`data.labels`) it becomes the face's class, and a
+    folder not in it is an error naming it. Files that are not images are counted and skipped.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FormatError(f"{root}: expected a folder with one subfolder of face crops per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise FormatError(f"{root}: no class subfolders (expected e.g. {root}/with_mask/*.jpg)")
+    for folder in folders:
+        if classes and folder.name not in classes:
+            raise FormatError(f"{folder}: folder name {folder.name!r} is not in data.labels "
+                              f"({', '.join(sorted(classes))}); add it there")
+    for folder in folders:
+        files = sorted(folder.iterdir())
+        report.add("not_an_image", sum(1 for f in files if f.suffix.lower() not in IMAGE_SUFFIXES))
+        for file in (f for f in files if f.suffix.lower() in IMAGE_SUFFIXES):
+            image = read_image_file(file, report, limits)
+            h, w = image.shape[:2]
+            report.labels[folder.name] += 1
+            yield Sample(f"{folder.name}-{file.stem}", image, np.array([[0, 0, w, h]], np.float32),
+                         [classes[folder.name] if classes else None])
+
+
 def _voc_annotation(xml: Path, report: Report) -> tuple[str, list[tuple[str, list[float]]]]:
     """(image filename, [(label, [xmin, ymin, xmax, ymax])]) of one VOC file; FormatError naming file and object."""
     data = xml.read_bytes()

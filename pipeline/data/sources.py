@@ -55,5 +55,5 @@ def read_source(source: SourceConfig, cfg: DataConfig, report: formats.Report, l
         return synthetic.generate(s.n_images, s.min_size, s.max_size, s.max_faces, s.seed)
     readers = {"images_npy": formats.read_images_npy, "yolo": formats.read_yolo_folder,
                "voc": partial(formats.read_voc_folder, classes=cfg.labels),
-               "widerface": formats.read_wider_face}
+               "widerface": formats.read_wider_face, "crops": partial(formats.read_crop_folders, classes=cfg.labels)}
     return readers[source.type](resolve_path(source.path), report, limits)
