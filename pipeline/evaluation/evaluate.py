@@ -50,6 +50,12 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, m
     return metrics, preds
 
 
+def evaluate_served(probs: list[np.ndarray], samples: list[Sample], config: ServingConfig) -> tuple[dict, list]:
+    """`evaluate` with every post-processing setting a served model carries: what it answers, measured."""
+    return evaluate(probs, samples, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
+                    config.classes, config.core_scale)
+
+
 def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig:
     """The served settings `params` ask for, with the threshold and test figures that `metrics` measured.
 
