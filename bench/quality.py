@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--preset", default="widerface", help="a preset in conf/preset/ (or 'none')")
     parser.add_argument("--data", default="../shared/data/widerface-dev/images.npy",
                         help="a course-layout .npy file or a YOLO folder")
-    parser.add_argument("--weights", default="../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
+    parser.add_argument("--weights", help="encoder weights (default: the preset's file, else the alpha-0.25 "
+                        "ImageNet weights in ../shared)")
     parser.add_argument("--extra", action="append", default=[], metavar="TYPE:PATH",
                         help="another source trained on in every fold, e.g. voc:../shared/data/facemask-scenes")
     parser.add_argument("--folds", type=int, default=5, help="how many of the k folds to run (1: quick mode)")
@@ -105,9 +106,14 @@ def main() -> None:
     saved.add_argument("--load", help="evaluate the fold models an earlier --save wrote to this folder instead of "
                         "training: evaluate.* overrides (test-time scales, threshold) are then measured in minutes")
     args = parser.parse_args()
+    if not 1 <= args.folds <= args.k - args.start:
+        parser.error(f"--folds must be between 1 and {args.k - args.start} (-k {args.k}, --start {args.start})")
     logging.basicConfig(level=logging.WARNING)
 
-    raw = compose([f"preset={args.preset}", f"model.weights={args.weights}", *args.overrides])
+    preset_weights = compose([f"preset={args.preset}", *args.overrides])["model"]["weights"]
+    weights = args.weights or (preset_weights if preset_weights not in ("none", "imagenet")
+                               else "../shared/weights/mobilenet_2_5_224_tf_no_top.h5")
+    raw = compose([f"preset={args.preset}", f"model.weights={weights}", *args.overrides])
     params = build(Params, raw, f"conf/ with preset={args.preset} and -S {args.overrides}")
     path = resolve_path(args.data)
     samples = (read_images_npy if path.suffix == ".npy" else read_yolo_folder)(path, Report(), params.export.limits)
