@@ -316,6 +316,9 @@ def test_crop_folders_are_one_whole_image_face_each_labelled_by_its_folder(tmp_p
         list(formats.read_crop_folders(tmp_path, Report(), LIMITS, {"bare": "without_mask"}))
     with pytest.raises(FormatError, match="no class subfolders"):
         list(formats.read_crop_folders(tmp_path / "bare", Report(), LIMITS))
+    cv2.imwrite(str(tmp_path / "bare" / "0.png"), np.zeros((8, 8, 3), np.uint8))  # 0.jpg is there: one id for two
+    with pytest.raises(FormatError, match=re.escape(f"{tmp_path / 'bare' / '0.jpg'}: another image in")):
+        list(formats.read_crop_folders(tmp_path, Report(), LIMITS))
 
 
 @pytest.mark.skipif(not FACEMASK_CROPS.exists(), reason="../shared/data/facemask-crops not present (it is in CI)")

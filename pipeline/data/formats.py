@@ -268,7 +268,11 @@ def read_crop_folders(path: str | os.PathLike, report: Report, limits: Limits, c
     for folder in folders:
         files = sorted(folder.iterdir())
         report.add("not_an_image", sum(1 for f in files if f.suffix.lower() not in IMAGE_SUFFIXES))
-        for file in (f for f in files if f.suffix.lower() in IMAGE_SUFFIXES):
+        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        stems = Counter(f.stem for f in images)
+        for file in images:
+            if stems[file.stem] > 1:  # the image id is folder and stem
+                raise FormatError(f"{file}: another image in {folder} has the name {file.stem!r}; rename one")
             image = read_image_file(file, report, limits)
             h, w = image.shape[:2]
             report.labels[folder.name] += 1
