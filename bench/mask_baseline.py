@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Limits, Params, build, compose, read_params, resolve_path
+from pipeline.config import Params, ServingConfig, build, compose, read_params, resolve_path
 from pipeline.data.formats import (
     IMAGE_SUFFIXES,
     Report,
@@ -43,8 +43,9 @@ from pipeline.data.formats import (
     read_voc_folder,
     to_tables,
 )
-from pipeline.data.masks import find_faces, label_faces
+from pipeline.data.masks import label_faces
 from pipeline.data.split import split_dataset
+from pipeline.evaluation.evaluate import evaluate_served
 from pipeline.evaluation.metrics import mask_wearing_report
 from pipeline.io import read_json
 from pipeline.model.inference import predict_probs
@@ -74,14 +75,14 @@ def crops_of(samples, size: int, margin: float) -> tuple[np.ndarray, list[str]]:
     return np.stack(out), labels
 
 
-def folder_images(root: Path, limits) -> tuple[list[np.ndarray], list[str]]:
-    """facemask-crops: one image per face, in a folder named by its class."""
-    out, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-            out.append(read_image_file(file, Report(), limits))
-            labels.append(folder.name)
-    return out, labels
+def folder_files(root: Path) -> list[tuple[Path, str]]:
+    """facemask-crops: (file, class) per image, one face each, in a folder named by its class."""
+    return [(file, folder.name) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+            for file in sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)]
+
+
+def decode(files: list[tuple[Path, str]], limits) -> tuple[list[np.ndarray], list[str]]:
+    return [read_image_file(file, Report(), limits) for file, _ in files], [label for _, label in files]
 
 
 def resized(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -141,24 +142,24 @@ def compare_on_project(project: Path, args, weights: str) -> None:
 
     from pipeline.model.network import load_model
 
-    seed, serving = read_params(project / "params.yaml")["train"]["seed"], read_json(project / "eval/serving_config.json")
-    classes = tuple(serving["classes"])
+    seed = read_params(project / "params.yaml")["train"]["seed"]
+    config = ServingConfig.from_dict(read_json(project / "eval/serving_config.json"), f"{project}/eval/serving_config.json")
+    classes = config.classes
     if not classes:
         raise SystemExit(f"{project}: its model labels no faces (data.labels is empty); train one with labels first")
     table = pd.read_csv(project / "data/split.csv", dtype={"image_id": str})
     split = {n: load_samples(project / "data/extracted", list(table.loc[table["split"] == n, "image_id"]))
              for n in ("train", "test")}
-    if fingerprint(split["test"]) != serving["test_fingerprint"]:
+    if fingerprint(split["test"]) != config.test_fingerprint:
         raise SystemExit(f"{project}: the test split is not the one its model was evaluated on (fingerprint differs)")
     test = split["test"]
 
     start = time.perf_counter()
     model = load_model(project / "models/model.keras")
-    probs = predict_probs(model, [s.image for s in test], serving["tta_sizes"], flip=serving["flip_tta"])
-    found = [find_faces(p, serving["threshold"], serving["min_area"], serving["separate_faces"],
-                        serving["threshold_ratio"], classes, serving.get("core_scale", 1.0)) for p in probs]
+    probs = predict_probs(model, [s.image for s in test], config.tta_sizes, flip=config.flip_tta)
+    ours, preds = evaluate_served(probs, test, config)  # what the evaluate stage measured
     detect = time.perf_counter() - start
-    boxes = [b for _, b, _ in found]
+    boxes = [b for _, b in preds]
 
     base = keras.applications.MobileNet(input_shape=(args.crop, args.crop, 3), alpha=args.alpha, include_top=False,
                                         weights=weights, pooling="avg")
@@ -170,28 +171,28 @@ def compare_on_project(project: Path, args, weights: str) -> None:
     per_face = 1000 * (time.perf_counter() - start) / max(n_found, 1)
 
     truth = [s.boxes for s in test], [s.labels for s in test]
-    print(f"{project}: {len(test)} test images (fingerprint {serving['test_fingerprint']}), {n_found} faces found by "
+    print(f"{project}: {len(test)} test images (fingerprint {config.test_fingerprint}), {n_found} faces found by "
           f"its model ({1000 * detect / len(test):.0f} ms an image in-process); classic head trained on "
           f"{len(y_train)} true train faces in {seconds:.1f} s")
-    rows = [("ours: class channels, one pass", [labels for _, _, labels in found], "0 (in the one pass)"),
-            (f"classic: MobileNet {args.alpha} crops {args.crop} px + dense head", classic, f"{per_face:.1f} ms a face")]
+    classic_metrics, confusion = mask_wearing_report(boxes, classic, *truth, classes)
+    rows = [("ours: class channels, one pass", ours, "0 (in the one pass)"),
+            (f"classic: MobileNet {args.alpha} crops {args.crop} px + dense head", {**classic_metrics, "confusion": confusion},
+             f"{per_face:.1f} ms a face")]
     aps = " | ".join(f"AP {c}" for c in classes)
     print(f"| labels from | mAP@0.5 | {aps} | macro-F1 | label accuracy | labelling cost |")
     print("| --- " * (5 + len(classes)) + "|")
-    for name, labels, cost in rows:
-        m, confusion = mask_wearing_report(boxes, labels, *truth, classes)
+    for name, m, cost in rows:
         per_class = " | ".join(f"{m.get(f'ap50_{c}', float('nan')):.3f}" for c in classes)
         print(f"| {name} | {m['map50']:.3f} | {per_class} | {m['macro_f1']:.3f} | {m['label_accuracy']:.3f} | {cost} |")
-        print(f"  confusion on found faces (rows true {list(classes)}): {confusion.tolist()}")
+        print(f"  confusion on found faces (rows true {list(classes)}): {np.asarray(m['confusion']).tolist()}")
 
     # Scenes -> crops: each crop is one face, so both label the whole crop (no detection involved).
-    images, truth_crops = folder_images(resolve_path(args.crops), build(Limits, serving["limits"], "limits"))
-    rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(len(images), size=min(args.crops_sample, len(images)), replace=False))
-    images, truth_crops = [images[i] for i in pick], [truth_crops[i] for i in pick]
+    files = folder_files(resolve_path(args.crops))
+    pick = sorted(np.random.default_rng(seed).choice(len(files), size=min(args.crops_sample, len(files)), replace=False))
+    images, truth_crops = decode([files[i] for i in pick], config.limits)  # only the sampled crops are decoded
     ours_crops = []
-    for p in predict_probs(model, images, serving["tta_sizes"], flip=serving["flip_tta"]):
-        mask, h, w = (p[..., 0] >= serving["threshold"]).astype(np.uint8), *p.shape[:2]
+    for p in predict_probs(model, images, config.tta_sizes, flip=config.flip_tta):
+        mask, h, w = (p[..., 0] >= config.threshold).astype(np.uint8), *p.shape[:2]
         ours_crops.append(label_faces(p[..., 1:], mask, np.array([[0, 0, w, h]]), classes)[0][0])
     classic_crops = [label for label, _ in classify(base, head, list(resized(images, args.crop)), list(classes))]
     for name, labels in (("ours", ours_crops), ("classic", classic_crops)):
@@ -223,7 +224,7 @@ def main() -> None:
     split = split_dataset(images, boxes, params.split.val, params.split.test, params.split.seed).set_index("image_id")["split"]
     parts = {name: [s for s in scenes if split[s.image_id] == name] for name in ("train", "test")}
     (x_train, y_train), (x_test, y_test) = (crops_of(parts[n], args.crop, args.margin) for n in ("train", "test"))
-    crop_images, y_crops = folder_images(resolve_path(args.crops), params.export.limits)
+    crop_images, y_crops = decode(folder_files(resolve_path(args.crops)), params.export.limits)
     x_crops = resized(crop_images, args.crop)
     import keras
 
