@@ -57,8 +57,8 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
 
     from pipeline.data.dataset import examples, make_dataset, to_arrays
     from pipeline.data.formats import load_samples
-    from pipeline.model.losses import FaceAndClassLoss, get_loss
     from pipeline.model.network import build_unet, set_trainable
+    from pipeline.model.training import training_loss
 
     params = params_of(preset, overrides)
     cfg, size, classes = params.train, params.model.input_size, params.data.classes
@@ -67,10 +67,8 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
         m = params.model
         model = build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, m.bn_momentum, n_classes=len(classes))
         set_trainable(model, cfg.warmup_trainable_layers if mode == "warmup" else cfg.finetune_trainable_layers)
-        loss = FaceAndClassLoss(cfg.loss, [1.0] * len(classes)) if classes else get_loss(cfg.loss)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
-        x, y = to_arrays(samples[: cfg.batch_size], cfg.crop_size or size)
-        y = np.concatenate([y] + [y] * len(classes), axis=-1)  # class channels: the demo's faces carry no class
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training_loss(cfg, samples, classes))
+        x, y = to_arrays(samples[: cfg.batch_size], cfg.crop_size or size, classes, m.core_scale, cfg.face_weights)
         x = x.astype(np.float32)
         step = (lambda: model.predict_on_batch(x)) if mode == "forward" else (lambda: model.train_on_batch(x, y))
         step()
@@ -78,7 +76,7 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
         for _ in range(steps):
             step()
     else:
-        data = examples(samples, size, (), stream=mode == "stream")
+        data = examples(samples, size, classes, mode == "stream", params.model.core_scale, cfg.face_weights)
         ds = iter(make_dataset(data, cfg.batch_size, cfg.augment, cfg.seed, cfg.crop_size)[0])
         next(ds)
         start = time.perf_counter()

@@ -132,6 +132,7 @@ class TrainConfig:
     ema_momentum: float
     ensemble: int
     class_weights: Literal["balanced", "sqrt", "none"]
+    face_weights: Literal["none", "balanced", "sqrt"]  # each face's loss weight: by its area (none) or all alike
     augment: AugmentConfig
 
     def __post_init__(self):

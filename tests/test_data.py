@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.config import AugmentConfig
 from pipeline.data.dataset import Examples, examples, make_dataset, to_arrays
@@ -136,3 +137,28 @@ def test_core_targets_are_the_boxes_shrunk_about_their_centres():
     assert whole[0, 15, :, 0].sum() == 20 and whole[0, 15, 9:11, 0].all()
     np.testing.assert_array_equal(np.flatnonzero(core[0, 15, :, 0]), [2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 16, 17])
     assert core[0, ..., 1].sum() == core[0, ..., 2].sum() == 6 * 6  # each class channel holds its own core
+
+
+def test_face_weights_give_every_face_of_an_image_the_same_total_weight():
+    """train.face_weights: balanced weighs a 4 x 4 face's pixels 16 / 4 = 4x those of a 16 x 16 one ... both faces
+    then weigh (16 + 256) / 2 = 136 in all, the background 1; sqrt takes the square roots; the weight channel
+    comes last and survives augmentation (bilinear: no value outside the weights' own range)."""
+    sample = Sample("a", np.zeros((64, 64, 3), np.uint8), np.array([[0, 0, 16, 16], [40, 40, 44, 44]], np.float32),
+                    ["with_mask", None])
+    _, y = to_arrays([sample], 32, ("with_mask",), face_weights="balanced")  # model pixels: 8 x 8 and 2 x 2
+    assert y.shape == (1, 32, 32, 3)
+    weight = y[0, ..., 2]
+    assert weight[:8, :8] == pytest.approx(np.full((8, 8), 34 / 64)) and weight[20:22, 20:22] == pytest.approx(np.full((2, 2), 34 / 4))
+    assert weight[:8, :8].sum() == pytest.approx(weight[20:22, 20:22].sum()) and weight[12, 12] == 1
+    sqrt = to_arrays([sample], 32, face_weights="sqrt")[1][0, ..., 1]
+    assert sqrt[0, 0] == pytest.approx(np.sqrt(34 / 64)) and sqrt[20, 20] == pytest.approx(np.sqrt(34 / 4))
+    assert np.array_equal(y[..., :2], to_arrays([sample], 32, ("with_mask",))[1])  # the targets are unchanged
+    # A box inside another keeps its own (larger) weight; a face under one model pixel weighs as one pixel.
+    nested = Sample("b", np.zeros((32, 32, 3), np.uint8), np.array([[0, 0, 16, 16], [4, 4, 8, 8], [30, 30, 30.5, 30.5]]), [None] * 3)
+    w = to_arrays([nested], 32, face_weights="balanced")[1][0, ..., 1]
+    mean = (256 + 16 + 1) / 3
+    assert w[5, 5] == pytest.approx(mean / 16) and w[0, 0] == pytest.approx(mean / 256) and w[30, 30] == pytest.approx(mean)
+    data = examples([sample], 32, ("with_mask",), face_weights="balanced")
+    batch = next(iter(make_dataset(data, 1, AugmentConfig(flip=True, zoom=(1.0, 1.5), brightness=0, contrast=0), seed=0)[0]))
+    assert batch[1].shape == (1, 32, 32, 3) and float(batch[1][..., 2].numpy().max()) > 1
+    assert float(batch[1][..., 2].numpy().min()) >= 34 / 64 - 1e-6

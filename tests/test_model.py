@@ -128,3 +128,27 @@ def test_class_loss_counts_only_faces_with_a_known_class():
     y_true[0, :2, :2, 2] = 1  # ... now of class 1 (weight 3): mean over its pixels of -3 log 0.5
     assert float(loss(y_true, y_pred)) == pytest.approx(face_only + 3 * np.log(2), rel=1e-5)
     assert FaceAndClassLoss.from_config(loss.get_config()).class_weights == [1.0, 3.0]
+
+
+def test_face_weights_make_a_missed_small_face_cost_what_a_missed_large_one_does():
+    """Without weights missing a 2 x 2 face costs a sixteenth of missing an 8 x 8 one; balanced weights (the
+    target's last channel) make the two misses cost the same, for the cross-entropy and the dice alike."""
+    from pipeline.data.dataset import to_arrays
+    from pipeline.data.formats import Sample
+    from pipeline.model.losses import FaceAndClassLoss
+
+    sample = Sample("a", np.zeros((32, 32, 3), np.uint8), np.array([[0, 0, 8, 8], [20, 20, 22, 22]], np.float32), [None] * 2)
+    cost = {}
+    for kind in ("none", "balanced"):
+        y = to_arrays([sample], 32, face_weights=kind)[1]
+        loss = FaceAndClassLoss("bce_dice", (), face_weights=kind == "balanced")
+        for missed, window in (("large", np.s_[:8, :8]), ("small", np.s_[20:22, 20:22])):
+            pred = np.clip(y[..., :1], 0.01, 0.99)
+            pred[0][window] = 0.01
+            cost[kind, missed] = float(loss(y, pred))
+    assert cost["none", "large"] > 3 * cost["none", "small"]
+    assert cost["balanced", "large"] == pytest.approx(cost["balanced", "small"], rel=0.02)
+    assert FaceAndClassLoss.from_config(loss.get_config()).face_weights
+    plain = to_arrays([sample], 32)[1]
+    pred = np.full(plain.shape, 0.3, np.float32)
+    assert float(FaceAndClassLoss("bce_dice", ())(plain, pred)) == pytest.approx(float(bce_dice_loss(plain, pred)[0]), rel=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.config import AugmentConfig
 from pipeline.data.formats import Sample
-from pipeline.data.masks import boxes_to_mask, scale_boxes
+from pipeline.data.masks import boxes_to_mask, face_weight_map, scale_boxes
 
 NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 
@@ -22,27 +22,36 @@ def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), core_scale: float = 1.0
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 N x s x s x 3, targets float32 N x s x s x (1 + len(classes))).
+FACE_WEIGHT_POWER = {"none": None, "balanced": 1.0, "sqrt": 0.5}
+
+
+def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), core_scale: float = 1.0,
+              face_weights: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N x s x s x 3, targets float32 N x s x s x channels).
 
     Channel 0 is the face mask; with `classes`, channel 1 + k covers the faces of class k (faces
     without a class are in channel 0 only). Targets are resized by area, so a face smaller than a
     model pixel remains as a fractional target instead of vanishing. With `core_scale` < 1 the
     targets are the boxes shrunk about their centres: neighbours in a crowd no longer touch.
+    With `face_weights` "balanced" or "sqrt" a last channel holds each pixel's loss weight
+    (`face_weight_map` with power 1 or 1/2: every face weighs the same, or the square root of it).
     """
+    power = FACE_WEIGHT_POWER[face_weights]
+    channels = 1 + len(classes) + (power is not None)
     x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
     y = []
     for s in samples:
         cores = scale_boxes(s.boxes, core_scale)
-        y.append(np.stack([_resized(cores, s, size)] + [_resized(cores[[label == c for label in s.labels]], s, size)
-                                                        for c in classes], axis=-1))
-    return x, np.stack(y) if y else np.zeros((0, size, size, 1 + len(classes)), np.float32)
+        planes = [_resized(boxes_to_mask(cores, s.height, s.width), size)]
+        planes += [_resized(boxes_to_mask(cores[[label == c for label in s.labels]], s.height, s.width), size) for c in classes]
+        if power is not None:
+            planes.append(_resized(face_weight_map(cores, s.height, s.width, size, power), size))
+        y.append(np.stack(planes, axis=-1))
+    return x, np.stack(y) if y else np.zeros((0, size, size, channels), np.float32)
 
 
-def _resized(boxes: np.ndarray, sample: Sample, size: int) -> np.ndarray:
-    mask = boxes_to_mask(boxes.reshape(-1, 4), sample.height, sample.width).astype(np.float32)
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
+def _resized(plane: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(plane.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)
@@ -55,20 +64,20 @@ class Examples:
 
 
 def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = (), stream: bool = False,
-             core_scale: float = 1.0) -> Examples:
+             core_scale: float = 1.0, face_weights: str = "none") -> Examples:
     """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
     one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
     memory stays flat however large the split; every epoch decodes and resizes again). Both give the
     same examples for the same index."""
     import tensorflow as tf
 
-    channels = 1 + len(classes)
+    channels = 1 + len(classes) + (FACE_WEIGHT_POWER[face_weights] is not None)
     if not stream:
-        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale))
+        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights))
         return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size)
 
     def prepare(i):
-        x, y = to_arrays([samples[int(i)]], size, classes, core_scale)
+        x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights)
         return x[0], y[0]
 
     def load(i):
@@ -133,4 +142,4 @@ def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int):
     if cfg.contrast:
         c = cfg.contrast
         image = tf.image.stateless_random_contrast(image, 1 - c, 1 + c, seeds[4])
-    return tf.clip_by_value(image, 0, 255), tf.clip_by_value(mask, 0, 1)
+    return tf.clip_by_value(image, 0, 255), mask  # bilinear: the targets and weights stay within their range

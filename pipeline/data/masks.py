@@ -14,12 +14,41 @@ def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     no face is lost from the mask however small.
     """
     mask = np.zeros((height, width), np.uint8)
+    for rows, cols in box_slices(boxes, height, width):
+        mask[rows, cols] = 1
+    return mask
+
+
+def box_slices(boxes: np.ndarray, height: int, width: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) of the pixels each box covers, as `boxes_to_mask` fills them."""
+    out = []
     for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
         c1, r1 = int(np.floor(x1 + 0.5)), int(np.floor(y1 + 0.5))
         c2, r2 = max(int(np.floor(x2 + 0.5)), c1 + 1), max(int(np.floor(y2 + 0.5)), r1 + 1)
-        c1, r1 = min(c1, width - 1), min(r1, height - 1)
-        mask[r1:r2, c1:c2] = 1
-    return mask
+        out.append((slice(min(r1, height - 1), r2), slice(min(c1, width - 1), c2)))
+    return out
+
+
+def face_weight_map(boxes: np.ndarray, height: int, width: int, size: int, power: float) -> np.ndarray:
+    """float32 height x width loss weights that give every face of the image the same total weight
+    (PixelLink's instance-balanced loss): face i's pixels weigh (mean face area / its area) ** `power`,
+    the background 1; areas are counted in pixels of the `size` x `size` model input, at least one.
+
+    Without it a face's weight grows with its area, so one close face outweighs a crowd of small ones:
+    the small faces are the ones the model never finds. The faces' total weight, S with power 1, is
+    unchanged. Where boxes overlap the larger weight holds.
+    """
+    weights = np.ones((height, width), np.float32)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return weights
+    areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * size * size / (height * width), 1.0)
+    face = (areas.mean() / areas) ** power
+    order = np.argsort(face)  # ascending: a smaller face painted later keeps its larger weight where boxes overlap
+    slices = box_slices(boxes, height, width)
+    for k in order:
+        weights[slices[k]] = face[k]
+    return weights
 
 
 def scale_boxes(boxes: np.ndarray, factor: float, height: int | None = None, width: int | None = None) -> np.ndarray:

@@ -6,41 +6,45 @@ import keras
 from keras import ops
 
 
-def _per_image(y_true, y_pred, smooth: float):
+def _per_image(y_true, y_pred, smooth: float, weight=1.0):
     axes = tuple(range(1, len(y_pred.shape)))
     y_true = ops.cast(y_true, y_pred.dtype)
-    inter = ops.sum(y_true * y_pred, axis=axes)
-    total = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+    inter = ops.sum(weight * y_true * y_pred, axis=axes)
+    total = ops.sum(weight * y_true, axis=axes) + ops.sum(weight * y_pred, axis=axes)
     return (2.0 * inter + smooth) / (total + smooth)
 
 
+def _bce(y_true, y_pred, weight=1.0):
+    """Binary cross-entropy per image: the mean over pixels of each pixel's (weighted) loss."""
+    return ops.mean(ops.expand_dims(keras.losses.binary_crossentropy(y_true, y_pred), -1) * weight, axis=(1, 2, 3))
+
+
+# Each face loss takes an optional per-pixel weight map (`FaceAndClassLoss` with `face_weights`).
 @keras.saving.register_keras_serializable(package="facemask")
-def dice_loss(y_true, y_pred):
+def dice_loss(y_true, y_pred, weight=1.0):
     """1 - soft dice, per image then averaged: small-face images weigh as much as crowded ones."""
-    return 1.0 - _per_image(y_true, y_pred, smooth=1.0)
+    return 1.0 - _per_image(y_true, y_pred, smooth=1.0, weight=weight)
 
 
 @keras.saving.register_keras_serializable(package="facemask")
-def bce_dice_loss(y_true, y_pred):
-    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
-    return bce + dice_loss(y_true, y_pred)
+def bce_dice_loss(y_true, y_pred, weight=1.0):
+    return _bce(y_true, y_pred, weight) + dice_loss(y_true, y_pred, weight)
 
 
 @keras.saving.register_keras_serializable(package="facemask")
-def focal_dice_loss(y_true, y_pred):
+def focal_dice_loss(y_true, y_pred, weight=1.0):
     """Focal BCE (gamma 2) + dice: down-weights the easy background that is ~95% of pixels."""
     y_true = ops.cast(y_true, y_pred.dtype)
     p = ops.clip(y_pred, 1e-6, 1 - 1e-6)
     pt = y_true * p + (1 - y_true) * (1 - p)
-    focal = -ops.mean(ops.square(1 - pt) * ops.log(pt), axis=(1, 2, 3))
-    return focal + dice_loss(y_true, y_pred)
+    focal = -ops.mean(weight * ops.square(1 - pt) * ops.log(pt), axis=(1, 2, 3))
+    return focal + dice_loss(y_true, y_pred, weight)
 
 
 @keras.saving.register_keras_serializable(package="facemask")
-def bce_logdice_loss(y_true, y_pred):
+def bce_logdice_loss(y_true, y_pred, weight=1.0):
     """BCE - log(dice): the course notebooks' loss, kept for the baseline preset."""
-    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))
-    return bce - ops.log(_per_image(y_true, y_pred, smooth=1.0))
+    return _bce(y_true, y_pred, weight) - ops.log(_per_image(y_true, y_pred, smooth=1.0, weight=weight))
 
 
 LOSSES = {"dice": dice_loss, "bce_dice": bce_dice_loss, "focal_dice": focal_dice_loss, "bce_logdice": bce_logdice_loss}
@@ -57,23 +61,33 @@ def dice(y_true, y_pred):
 class FaceAndClassLoss(keras.losses.Loss):
     """The face loss on channel 0, plus cross-entropy of the class channels on the pixels of faces
     whose class is known, weighted per class against the imbalance (faces from sources without
-    labels teach face finding only: their pixels carry no class target)."""
+    labels teach face finding only: their pixels carry no class target).
 
-    def __init__(self, face_loss: str = "bce_dice", class_weights=(1.0,), name: str = "face_and_class", **kwargs):
+    With `face_weights` the target's last channel is a per-pixel weight (`data.dataset.to_arrays`)
+    that multiplies both terms: every face counts alike for finding and for labelling.
+    """
+
+    def __init__(self, face_loss: str = "bce_dice", class_weights=(), face_weights: bool = False,
+                 name: str = "face_and_class", **kwargs):
         super().__init__(name=name, **kwargs)
         self.face_loss, self.class_weights = face_loss, [float(w) for w in class_weights]
+        self.face_weights = bool(face_weights)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
-        face = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1])
-        target = y_true[..., 1:]
-        weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1)
+        pixel = y_true[..., -1:] if self.face_weights else ops.ones_like(y_true[..., :1])
+        loss = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1], pixel)
+        if not self.class_weights:
+            return loss
+        target = y_true[..., 1:1 + len(self.class_weights)]
+        weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1) * pixel[..., 0]
         entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., 1:], 1e-7, 1.0)), axis=-1)
-        labelled = ops.sum(target, axis=(1, 2, 3))
-        return face + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
+        labelled = ops.sum(target * pixel, axis=(1, 2, 3))
+        return loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
 
     def get_config(self):
-        return {**super().get_config(), "face_loss": self.face_loss, "class_weights": self.class_weights}
+        return {**super().get_config(), "face_loss": self.face_loss, "class_weights": self.class_weights,
+                "face_weights": self.face_weights}
 
 
 def get_loss(name: str):

@@ -120,6 +120,14 @@ def class_weights(samples: list[Sample], classes: tuple[str, ...], kind: str = "
     return [float(w) for w in {"balanced": balanced, "sqrt": np.sqrt(balanced), "none": np.ones(len(classes))}[kind]]
 
 
+def training_loss(cfg: TrainConfig, train: list[Sample], classes: tuple[str, ...] = ()):
+    """`train.loss` on the face channel, or with classes or `train.face_weights` the `FaceAndClassLoss` that
+    reads their target channels (`data.dataset.to_arrays`), with the class weights of the training faces."""
+    if not classes and cfg.face_weights == "none":
+        return get_loss(cfg.loss)
+    return FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights), cfg.face_weights != "none")
+
+
 def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
                 callbacks: list | None = None, classes: tuple[str, ...] = ()):
     """Seed, build the U-Net the params describe and fit it: (model, history). Shared by the train
@@ -138,10 +146,10 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
-    data = (examples(train, size, classes, cfg.stream, model_cfg.core_scale),
-            examples(val, size, classes, cfg.stream, model_cfg.core_scale))
+    data = (examples(train, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights),
+            examples(val, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights))
     models, histories = [], []
-    loss = FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights)) if classes else None
+    loss = training_loss(cfg, train, classes)
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
