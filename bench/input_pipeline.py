@@ -65,10 +65,10 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
     samples = load_samples(folder, lazy=mode == "stream")
     if mode in MODEL_MODES:
         m = params.model
-        model = build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, m.bn_momentum, n_classes=len(classes))
+        model = build_unet(m.backbone, m.alpha, None, m.decoder, m.decoder_filters, m.bn_momentum, n_classes=len(classes), centres=m.centres)
         set_trainable(model, cfg.warmup_trainable_layers if mode == "warmup" else cfg.finetune_trainable_layers)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training_loss(cfg, samples, classes))
-        x, y = to_arrays(samples[: cfg.batch_size], cfg.crop_size or size, classes, m.core_scale, cfg.face_weights)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=training_loss(cfg, samples, classes, m.centres))
+        x, y = to_arrays(samples[: cfg.batch_size], cfg.crop_size or size, classes, m.core_scale, cfg.face_weights, m.centres)
         x = x.astype(np.float32)
         step = (lambda: model.predict_on_batch(x)) if mode == "forward" else (lambda: model.train_on_batch(x, y))
         step()
@@ -76,7 +76,7 @@ def measure(mode: str, preset: str, overrides: list[str], folder: str, steps: in
         for _ in range(steps):
             step()
     else:
-        data = examples(samples, size, classes, mode == "stream", params.model.core_scale, cfg.face_weights)
+        data = examples(samples, size, classes, mode == "stream", params.model.core_scale, cfg.face_weights, params.model.centres)
         ds = iter(make_dataset(data, cfg.batch_size, cfg.augment, cfg.seed, cfg.crop_size)[0])
         next(ds)
         start = time.perf_counter()

@@ -55,14 +55,13 @@ def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, sa
         model, history = train_model(params.model, params.train, train, val)
     if save:
         model.save(os.path.join(save, f"fold{fold}.keras"))
-    size = params.model.input_size
     start = time.perf_counter()
-    metrics, _, _ = evaluate_model(model, val, test, params.evaluate, size, core_scale=params.model.core_scale)
+    metrics, _, _ = evaluate_model(model, val, test, params.evaluate, params.model)
     infer_s = time.perf_counter() - start
     plain_cfg, plain = replace(params.evaluate, flip_tta=False, tta_scales=(1.0,)), {}
     if plain_cfg != params.evaluate:  # the same model without test-time augmentation: its gain and cost
         start = time.perf_counter()
-        without, _, _ = evaluate_model(model, val, test, plain_cfg, size, core_scale=params.model.core_scale)
+        without, _, _ = evaluate_model(model, val, test, plain_cfg, params.model)
         plain = {"dice_plain": without["dice"], "pooled_dice_plain": without["pooled_dice"],
                  "face_recall_plain": without["face_recall"], "infer_img_s_plain": (len(val) + len(test)) / (time.perf_counter() - start)}
     row = {**metrics, **plain, "fold": fold, "n_test": len(test), "infer_img_s": (len(val) + len(test)) / infer_s}

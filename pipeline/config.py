@@ -88,6 +88,7 @@ class ModelConfig:
     decoder_filters: tuple[int, ...]
     bn_momentum: float
     core_scale: float  # the model learns each face's box shrunk to this fraction of its side (see data.masks)
+    centres: bool  # also learn each face's centre and size (CenterNet's head): boxes from peaks, not from the mask
 
     def __post_init__(self):
         _check(0 < self.core_scale <= 1, "model.core_scale", "must be in (0, 1]: 1 learns whole boxes")
@@ -166,11 +167,13 @@ class EvaluateConfig:
     separate_faces: bool
     flip_tta: bool
     tta_scales: tuple[float, ...]
+    centre_threshold: float  # a model with centres: a face is a heatmap peak at least this high
     gallery_size: int
 
     def __post_init__(self):
         _check(self.threshold is None or 0 <= self.threshold <= 1, "evaluate.threshold", "must be null or in [0, 1]")
         _check(0 <= self.threshold_ratio <= 1, "evaluate.threshold_ratio", "must be between 0 (off) and 1")
+        _check(0 < self.centre_threshold <= 1, "evaluate.centre_threshold", "must be in (0, 1]")
         _check(self.min_area >= 0, "evaluate.min_area", "must be >= 0")
         _check(len(self.tta_scales) > 0 and min(self.tta_scales) > 0, "evaluate.tta_scales",
                "must be a non-empty list of positive factors")
@@ -270,6 +273,8 @@ class ServingConfig:
     engine: Literal["keras", "onnx"] = "keras"  # set by export (evaluate measures the Keras model; export checks parity)
     threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
     core_scale: float = 1.0  # the model's face cores are boxes shrunk to this: found cores are grown back by its inverse
+    centres: bool = False  # the model has CenterNet's channels after the classes: boxes are their peaks and sizes
+    centre_threshold: float = 0.3  # ... a heatmap peak this high or higher
 
     @property
     def primary_metric(self) -> str:

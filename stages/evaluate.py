@@ -21,11 +21,10 @@ CONFUSION = "plots/confusion.csv"
 
 def main() -> None:
     params = load_params()
-    cfg, size = params.evaluate, params.model.input_size
+    cfg = params.evaluate
     test = split_samples("test")
     classes = params.data.classes
-    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, size, classes,
-                                           params.model.core_scale)
+    metrics, table, preds = evaluate_model(load_model(MODEL), split_samples("val"), test, cfg, params.model, classes)
     serving = serving_config(params, metrics)
     assert_params_unchanged()
     write_csv(THRESHOLDS, table)

@@ -162,3 +162,31 @@ def test_face_weights_give_every_face_of_an_image_the_same_total_weight():
     batch = next(iter(make_dataset(data, 1, AugmentConfig(flip=True, zoom=(1.0, 1.5), brightness=0, contrast=0), seed=0)[0]))
     assert batch[1].shape == (1, 32, 32, 3) and float(batch[1][..., 2].numpy().max()) > 1
     assert float(batch[1][..., 2].numpy().min()) >= 34 / 64 - 1e-6
+
+
+def test_centre_targets_peak_at_each_face_and_hold_its_log_size_over_its_core():
+    """model.centres: heatmap 1 at a face's centre pixel, sizes over its core as log fractions of the image, a
+    smaller face keeping its own where they overlap; a zoomed crop shifts the sizes by log(side / crop)."""
+    from pipeline.data.dataset import target_channels
+
+    sample = Sample("a", np.zeros((64, 128, 3), np.uint8),
+                    np.array([[8, 8, 40, 40], [30, 30, 34, 38], [100, 40, 124, 56]], np.float32), [None, "with_mask", None])
+    _, y = to_arrays([sample], 64, ("with_mask",), core_scale=0.8, centres=True, face_weights="sqrt")
+    assert y.shape == (1, 64, 64, target_channels(1, True, "sqrt")) == (1, 64, 64, 6)
+    heat, log_w, log_h = y[0, ..., 2], y[0, ..., 3], y[0, ..., 4]
+    # model pixels: x halves, y stays; the third face's centre (56, 48) is a pixel corner: four equal maxima
+    assert heat[23, 11] == pytest.approx(np.exp(-0.25 / (2 * (16 / 12) ** 2) - 0.25 / (2 * (32 / 12) ** 2)), rel=1e-5)
+    np.testing.assert_allclose(heat[47:49, 55:57], heat[47, 55])
+    assert heat.max() <= 1 and heat[0, 63] == 0
+    assert np.exp(log_w[24, 12]) == pytest.approx(32 / 128) and np.exp(log_h[24, 12]) == pytest.approx(32 / 64)
+    assert np.exp(log_w[34, 16]) == pytest.approx(4 / 128) and np.exp(log_h[34, 16]) == pytest.approx(8 / 64)  # overlap
+    assert log_w[60, 60] == 0 and y[0, ..., 5].min() > 0  # no size outside faces; the weights come last
+    data = examples([sample], 64, ("with_mask",), core_scale=0.8, centres=True)
+    assert data.log_sizes == (3, 4)
+    batch = next(iter(make_dataset(data, 1, AugmentConfig(flip=False, zoom=(2.0, 2.0), brightness=0, contrast=0), 0, 64)[0]))
+    sizes = batch[1].numpy()[0, ..., 3:5]
+    inside = batch[1].numpy()[0, ..., 0] >= 0.5
+    assert inside.any()
+    found = np.unique(np.round(sizes[inside] - np.log(2.0), 4), axis=0)  # a 32 px crop of the 64 px map, zoomed x2
+    expected = np.round(np.log([[32 / 128, 32 / 64], [4 / 128, 8 / 64], [24 / 128, 16 / 64]]), 4)
+    assert all(any(np.allclose(f, e, atol=1e-3) for e in expected) for f in found)

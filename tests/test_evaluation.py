@@ -37,11 +37,12 @@ def test_evaluate_uses_a_fixed_threshold_instead_of_vals_choice():
     from pipeline.evaluation.evaluate import evaluate_model
 
     val, test = generate(6, 64, 64, 2, seed=1)[:3], generate(6, 64, 64, 2, seed=2)[3:]
+    model64 = replace(PARAMS.model, input_size=64)
     cfg = replace(PARAMS.evaluate, flip_tta=False, tta_scales=(1.0,), min_area=0, threshold_grid=(0.05, 0.1, 0.01),
                   separate_faces=False, threshold_ratio=0.0)
-    chosen, table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=None), 64)
+    chosen, table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=None), model64)
     assert chosen["threshold"] == table.loc[table["dice"].idxmax(), "threshold"] and chosen["threshold"] < 0.064
-    fixed, same_table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=0.5), 64)
+    fixed, same_table, _ = evaluate_model(_SizeProbe(), val, test, replace(cfg, threshold=0.5), model64)
     assert fixed["threshold"] == 0.5 and same_table.equals(table)
     # Probabilities are ~0.064: nothing passes 0.5, which scores 1 only on the images without faces.
     assert fixed["dice"] == pytest.approx(np.mean([len(s.boxes) == 0 for s in test])) != chosen["dice"]

@@ -170,3 +170,31 @@ def test_found_cores_are_labelled_on_their_pixels_then_grown_back():
     np.testing.assert_array_equal(mask, boxes_to_mask(boxes[:, :4], 40, 40))  # the mask is the grown boxes
     same_mask, same_boxes, _ = find_faces(prob, 0.5, classes=("a", "b"))
     assert same_mask.sum() == 2 * 36 and same_boxes[0, 2] == 8  # core_scale 1: the map as it is
+
+
+def test_centre_boxes_give_touching_faces_a_box_each_from_their_peaks_and_sizes():
+    """model.centres: two faces whose masks merge still give two boxes, each sized by its own log size;
+    a plateau of equal maxima is one face; peaks under the centre threshold are none; labels per box."""
+    from pipeline.data.masks import centre_boxes
+
+    heat, sizes = np.zeros((40, 80), np.float32), np.zeros((40, 80, 2), np.float32)
+    for cx, w, v in ((20, 20, 0.9), (40, 16, 0.6)):  # centres at pixels (20, 20) and (40, 20), 20 and 16 px wide
+        yy, xx = np.mgrid[:40, :80]
+        heat = np.maximum(heat, v * np.exp(-((xx - cx) ** 2 + (yy - 20) ** 2) / 8.0))
+        sizes[15:25, cx - 5:cx + 5] = np.log([w / 80, 20 / 40])
+    heat[5, 60:62] = 0.5  # a plateau of two equal maxima
+    sizes[5, 60:62] = np.log([4 / 80, 4 / 40])
+    boxes = centre_boxes(heat, sizes, 0.3)
+    np.testing.assert_allclose(boxes[:, 4], [0.9, 0.6, 0.5])
+    np.testing.assert_allclose(boxes[0, :4], [10.5, 10.5, 30.5, 30.5])
+    np.testing.assert_allclose(boxes[1, :4], [32.5, 10.5, 48.5, 30.5])
+    assert boxes[2, 2] - boxes[2, 0] == pytest.approx(4) and len(centre_boxes(heat, sizes, 0.95)) == 0
+    prob = np.concatenate([np.zeros((40, 80, 1), np.float32), np.full((40, 80, 2), 0.5, np.float32),
+                           heat[..., None], sizes], axis=-1)
+    prob[10:31, 10:49, 0] = prob[5, 60:62, 0] = 1  # the two faces' masks merged, and the small one
+    prob[..., 2] += 0.1
+    prob[..., 1] -= 0.1
+    mask, found, labels = find_faces(prob, 0.5, classes=("a", "b"), centres=True, centre_threshold=0.3)
+    assert len(find_faces(prob, 0.5, classes=("a", "b"))[1]) == 2  # the mask alone: the two faces are one component
+    np.testing.assert_allclose(found, boxes)
+    assert [label for label, _ in labels] == ["b", "b", "b"] and labels[0][1] == pytest.approx(0.6)

@@ -152,3 +152,27 @@ def test_face_weights_make_a_missed_small_face_cost_what_a_missed_large_one_does
     plain = to_arrays([sample], 32)[1]
     pred = np.full(plain.shape, 0.3, np.float32)
     assert float(FaceAndClassLoss("bce_dice", ())(plain, pred)) == pytest.approx(float(bce_dice_loss(plain, pred)[0]), rel=1e-6)
+
+
+def test_centre_loss_is_least_for_the_target_and_the_head_adds_three_channels(tmp_path):
+    from pipeline.data.dataset import to_arrays
+    from pipeline.data.formats import Sample
+    from pipeline.model.losses import FaceAndClassLoss
+    from pipeline.model.network import load_model
+
+    sample = Sample("a", np.zeros((32, 32, 3), np.uint8), np.array([[4, 4, 12, 12], [14, 4, 22, 12]], np.float32), [None] * 2)
+    y = to_arrays([sample], 32, centres=True)[1]
+    loss = FaceAndClassLoss("bce_dice", (), centres=True)
+    right = np.clip(y, 1e-3, None)
+    right[..., 2:] = y[..., 2:]
+    wrong_size, no_peak = right.copy(), right.copy()
+    wrong_size[..., 2:] += 0.5
+    no_peak[..., 1] = 0.01
+    assert float(loss(y, right)) < float(loss(y, wrong_size)) and float(loss(y, right)) < float(loss(y, no_peak))
+    assert FaceAndClassLoss.from_config(loss.get_config()).centres
+    model = build_unet(weights=None, decoder_filters=(8, 8, 8, 8), n_classes=2, centres=True)
+    out = model.predict(np.zeros((1, 64, 96, 3), np.float32), verbose=0)
+    assert out.shape == (1, 64, 96, 6) and np.allclose(out[..., 1:3].sum(-1), 1, atol=1e-5)
+    assert np.allclose(out[..., 4:], -2.5, atol=0.5)  # sizes start at about e^-2.5 of the image
+    model.save(tmp_path / "m.keras")
+    assert np.allclose(load_model(tmp_path / "m.keras").predict(np.zeros((1, 64, 96, 3), np.float32), verbose=0), out)

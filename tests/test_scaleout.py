@@ -38,8 +38,8 @@ def postgres_or_skip() -> None:
 
 
 def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_tracking_server(tmp_path):
-    """The tiny pipeline, here with labelled faces from a VOC folder and face cores (model.core_scale), against
-    the server: the served answer carries each face's label over HTTP."""
+    """The tiny pipeline, here with labelled faces from a VOC folder, face cores and CenterNet's head (model.core_scale,
+    model.centres), against the server: the served answer carries each face's label over HTTP."""
     postgres_or_skip()
     state = Path(tempfile.mkdtemp(prefix="facemask-tracking-"))  # under /tmp: reachable by the `postgres` user
     try:
@@ -52,7 +52,8 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
             voc = synthetic_voc(tmp_path / "voc", 48, seed=1)
             labelled = deep_merge(QUICK, {"data": {"sources": [{"type": "voc", "path": str(voc)}],
                                                    "labels": {"masked": "with_mask", "bare": "without_mask"}},
-                                          "model": {"core_scale": 0.75}})
+                                          "model": {"core_scale": 0.75, "centres": True},
+                                          "evaluate": {"centre_threshold": 0.05}})
             project = make_clone(tmp_path / "project", labelled)
             sh(project, "dvc", "repro", extra_env={"MLFLOW_TRACKING_URI": url})
             assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()  # all on the server
@@ -77,7 +78,7 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
 
             with scoring_server("models:/face-segmenter@champion", url, log_path=tmp_path / "serve.log") as server:
                 photos = sorted((project / "data/extracted/images").iterdir())[:8]
-                # a low threshold: three epochs at 64 px find few faces, and the labels of found ones are checked
+                # low thresholds: three epochs at 64 px find few faces, and the labels of found ones are checked
                 body = request_body([base64.b64encode(photo.read_bytes()).decode() for photo in photos], 0.05)
                 answer = requests.post(f"{server.url}/invocations", json=body, timeout=60)
                 assert answer.status_code == 200, answer.text

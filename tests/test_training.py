@@ -105,9 +105,9 @@ def test_ensemble_averages_members_trained_from_successive_seeds(tmp_path):
 
 
 def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes():
-    """data.classes end to end in-process: 1 + 3 output channels, mask-wearing metrics on test,
-    and served faces labelled with one of the classes (synthetic faces given classes in turn; some
-    none, as from a source without labels)."""
+    """data.classes end to end in-process, here with CenterNet's head (model.centres): 1 + 3 + 3 output
+    channels, mask-wearing metrics on test, and served faces labelled with one of the classes (synthetic
+    faces given classes in turn; some none, as from a source without labels)."""
     from pipeline.config import ServingConfig
     from pipeline.data.synthetic import generate
     from pipeline.evaluation.evaluate import evaluate_model
@@ -123,11 +123,12 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     assert class_weights(samples[:20], classes) == pytest.approx(balanced)
     assert class_weights(samples[:20], classes, "sqrt") == pytest.approx(np.sqrt(balanced))
     assert class_weights(samples[:20], classes, "none") == [1.0, 1.0, 1.0]
-    model_cfg = replace(PARAMS.model, input_size=64, weights="none", decoder_filters=(8, 8, 8, 8), bn_momentum=0.9)
+    model_cfg = replace(PARAMS.model, input_size=64, weights="none", decoder_filters=(8, 8, 8, 8), bn_momentum=0.9,
+                        centres=True)
     model, history = train_model(model_cfg, replace(TRAIN, finetune_epochs=2), samples[:16], samples[16:20], classes=classes)
-    assert model.output_shape[-1] == 4 and len(history) == 2
+    assert model.output_shape[-1] == 7 and len(history) == 2
     cfg = replace(PARAMS.evaluate, threshold=0.3, tta_scales=(1.0,), flip_tta=True)
-    metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, 64, classes)
+    metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, model_cfg, classes)
     assert {"map50", "macro_f1", "label_accuracy", "ap50_incorrect", "f1_without_mask"} <= set(metrics)
     assert np.array(metrics["confusion"]).shape == (3, 3)
     from pipeline.evaluation.evaluate import confusion_figure
@@ -136,7 +137,12 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(classes)
     config = ServingConfig(input_size=64, tta_sizes=(64,), flip_tta=True, separate_faces=False, threshold=0.3,
                            threshold_ratio=0.0, min_area=4, test_fingerprint="x", test_dice=0.0, limits=PARAMS.export.limits,
-                           caveat="", classes=classes)
+                           caveat="", classes=classes, centres=True, centre_threshold=0.05)
     served = predict_images(model, [s.image for s in samples[20:]], config)
     faces = [f for row in served["faces"] for f in __import__("json").loads(row)]
     assert faces and all(f["label"] in classes and 0 < f["label_score"] <= 1 for f in faces)
+    from pipeline.data.masks import centre_boxes
+    from pipeline.model.inference import predict_probs
+
+    probs = predict_probs(model, [s.image for s in samples[20:]], (64,), flip=True)
+    assert served["n_faces"].tolist() == [len(centre_boxes(p[..., 4], p[..., 5:], 0.05)) for p in probs]

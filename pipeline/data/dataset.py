@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.config import AugmentConfig
 from pipeline.data.formats import Sample
-from pipeline.data.masks import boxes_to_mask, face_weight_map, scale_boxes
+from pipeline.data.masks import box_slices, boxes_to_mask, face_weight_map, scale_boxes
 
 NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 
@@ -26,28 +26,64 @@ FACE_WEIGHT_POWER = {"none": None, "balanced": 1.0, "sqrt": 0.5}
 
 
 def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), core_scale: float = 1.0,
-              face_weights: str = "none") -> tuple[np.ndarray, np.ndarray]:
+              face_weights: str = "none", centres: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 N x s x s x 3, targets float32 N x s x s x channels).
 
     Channel 0 is the face mask; with `classes`, channel 1 + k covers the faces of class k (faces
     without a class are in channel 0 only). Targets are resized by area, so a face smaller than a
     model pixel remains as a fractional target instead of vanishing. With `core_scale` < 1 the
     targets are the boxes shrunk about their centres: neighbours in a crowd no longer touch.
-    With `face_weights` "balanced" or "sqrt" a last channel holds each pixel's loss weight
-    (`face_weight_map` with power 1 or 1/2: every face weighs the same, or the square root of it).
+    With `centres`, three channels follow (`centre_targets`): the centre heatmap and each face's log
+    width and height. With `face_weights` "balanced" or "sqrt" a last channel holds each pixel's loss
+    weight (`face_weight_map` with power 1 or 1/2: every face weighs the same, or the square root of it).
     """
     power = FACE_WEIGHT_POWER[face_weights]
-    channels = 1 + len(classes) + (power is not None)
+    channels = target_channels(len(classes), centres, face_weights)
     x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
     y = []
     for s in samples:
         cores = scale_boxes(s.boxes, core_scale)
         planes = [_resized(boxes_to_mask(cores, s.height, s.width), size)]
         planes += [_resized(boxes_to_mask(cores[[label == c for label in s.labels]], s.height, s.width), size) for c in classes]
+        if centres:
+            planes += list(centre_targets(s.boxes, cores, s.height, s.width, size))
         if power is not None:
             planes.append(_resized(face_weight_map(cores, s.height, s.width, size, power), size))
         y.append(np.stack(planes, axis=-1))
     return x, np.stack(y) if y else np.zeros((0, size, size, channels), np.float32)
+
+
+def target_channels(n_classes: int, centres: bool = False, face_weights: str = "none") -> int:
+    """How many channels `to_arrays` gives: face, classes, [heatmap, log width, log height], [weight]."""
+    return 1 + n_classes + 3 * centres + (FACE_WEIGHT_POWER[face_weights] is not None)
+
+
+def centre_targets(boxes: np.ndarray, cores: np.ndarray, height: int, width: int, size: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CenterNet's targets on the `size` x `size` model input: a heatmap holding a Gaussian at each face's
+    centre (peak 1, sigma a twelfth of its side in each direction, at least 0.6 pixel; the maximum where two
+    meet), and over each face's core the log of its box's width and height as fractions of the image's
+    (a smaller face keeps its own where cores overlap; 0 outside faces, where no size is learned).
+    """
+    heat, log_w, log_h = (np.zeros((size, size), np.float32) for _ in range(3))
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    sx, sy = size / width, size / height
+    core_slices = box_slices(np.asarray(cores, np.float64).reshape(-1, 4) * [sx, sy, sx, sy], size, size)
+    for k in np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])):  # largest first
+        x1, y1, x2, y2 = boxes[k]
+        cx, cy, w, h = (x1 + x2) / 2 * sx, (y1 + y2) / 2 * sy, (x2 - x1) * sx, (y2 - y1) * sy
+        (cols, gx), (rows, gy) = _gaussian(cx, max(w / 12, 0.6), size), _gaussian(cy, max(h / 12, 0.6), size)
+        np.maximum(heat[rows, cols], np.outer(gy, gx), out=heat[rows, cols])
+        rows, cols = core_slices[k]
+        log_w[rows, cols] = np.log(max(x2 - x1, 1.0) / width)
+        log_h[rows, cols] = np.log(max(y2 - y1, 1.0) / height)
+    return heat, log_w, log_h
+
+
+def _gaussian(centre: float, sigma: float, size: int) -> tuple[slice, np.ndarray]:
+    """The pixels within 4 sigma of `centre` on a line of `size` and the Gaussian's values at their centres."""
+    lo, hi = max(int(centre - 4 * sigma), 0), min(int(centre + 4 * sigma) + 1, size)
+    return slice(lo, hi), np.exp(-((np.arange(lo, hi) + 0.5 - centre) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 def _resized(plane: np.ndarray, size: int) -> np.ndarray:
@@ -61,30 +97,32 @@ class Examples:
     load: Callable
     n: int
     size: int
+    log_sizes: tuple[int, ...] = ()  # the target channels holding log sizes as fractions of the image (`centre_targets`)
 
 
 def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = (), stream: bool = False,
-             core_scale: float = 1.0, face_weights: str = "none") -> Examples:
+             core_scale: float = 1.0, face_weights: str = "none", centres: bool = False) -> Examples:
     """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
     one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
     memory stays flat however large the split; every epoch decodes and resizes again). Both give the
     same examples for the same index."""
     import tensorflow as tf
 
-    channels = 1 + len(classes) + (FACE_WEIGHT_POWER[face_weights] is not None)
+    channels = target_channels(len(classes), centres, face_weights)
+    log_sizes = (2 + len(classes), 3 + len(classes)) if centres else ()
     if not stream:
-        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights))
-        return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size)
+        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights, centres))
+        return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size, log_sizes)
 
     def prepare(i):
-        x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights)
+        x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights, centres)
         return x[0], y[0]
 
     def load(i):
         image, target = tf.numpy_function(prepare, [i], (tf.uint8, tf.float32), stateful=False)
         return tf.ensure_shape(image, (size, size, 3)), tf.ensure_shape(target, (size, size, channels))
 
-    return Examples(load, len(samples), size)
+    return Examples(load, len(samples), size, log_sizes)
 
 
 def make_dataset(data: Examples, batch_size: int, augment: AugmentConfig | None, seed: int, crop_size: int | None = None):
@@ -103,7 +141,8 @@ def make_dataset(data: Examples, batch_size: int, augment: AugmentConfig | None,
     ds = ds.map(data.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
-        lambda xy, s: _augment(xy[0], xy[1], s, augment or NO_AUGMENT, out_size), num_parallel_calls=tf.data.AUTOTUNE,
+        lambda xy, s: _augment(xy[0], xy[1], s, augment or NO_AUGMENT, out_size, data.log_sizes),
+        num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE), max(1, math.ceil(data.n / batch_size))
@@ -117,8 +156,12 @@ def validation_dataset(data: Examples, batch_size: int):
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int):
-    """Flip, random zoom-and-crop to `out_size` (zoom > 1 enlarges small faces), brightness, contrast."""
+def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int, log_sizes: tuple[int, ...] = ()):
+    """Flip, random zoom-and-crop to `out_size` (zoom > 1 enlarges small faces), brightness, contrast.
+
+    The `log_sizes` target channels are resized by nearest neighbour (a face's size, never a blend with
+    its neighbour's) and shifted by log(side / crop): a face fills that much more of the crop than of the image.
+    """
     import tensorflow as tf
 
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -135,8 +178,14 @@ def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int):
     window = (slice(top, top + crop), slice(left, left + crop))
     both = tf.concat([tf.cast(image[window], tf.float32), mask[window]], axis=-1)
     both = tf.cond(flip, lambda: tf.reverse(both, [1]), lambda: both)
-    both = tf.image.resize(both, [out_size, out_size], method="bilinear")
-    image, mask = both[..., :3], both[..., 3:]
+    resized = tf.image.resize(both, [out_size, out_size], method="bilinear")
+    image, mask = resized[..., :3], resized[..., 3:]
+    if log_sizes:
+        nearest = tf.image.resize(both, [out_size, out_size], method="nearest")[..., 3:]
+        shift = tf.math.log(tf.cast(height, tf.float32) / tf.cast(crop, tf.float32))
+        channel = tf.range(tf.shape(mask)[-1])
+        is_size = tf.reduce_any(channel[:, None] == tf.constant(log_sizes, tf.int32)[None, :], axis=1)
+        mask = tf.where(is_size, nearest + shift, mask)
     if cfg.brightness:
         image = tf.image.stateless_random_brightness(image, 255.0 * cfg.brightness, seeds[3])
     if cfg.contrast:

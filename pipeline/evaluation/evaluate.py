@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateConfig, Params, ServingConfig
+from pipeline.config import EvaluateConfig, ModelConfig, Params, ServingConfig
 from pipeline.data.formats import Sample, fingerprint
 from pipeline.data.masks import boxes_to_mask, find_faces
 from pipeline.evaluation.metrics import evaluate_masks, mask_dice, mask_wearing_report, pixel_counts
@@ -36,10 +36,27 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
              separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = (),
-             core_scale: float = 1.0) -> tuple[dict, list]:
+             core_scale: float = 1.0, centres: bool = False, centre_threshold: float = 0.3) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
     how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list)."""
-    found = [find_faces(p, threshold, min_area, separate, ratio, classes, core_scale) for p in probs]
+    return score([find_faces(p, threshold, min_area, separate, ratio, classes, core_scale, centres, centre_threshold)
+                  for p in probs], samples, classes)
+
+
+def served_faces(prob: np.ndarray, config: ServingConfig) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """`find_faces` with every post-processing setting a served model carries: the one call that the pyfunc
+    answers with and that `evaluate_served` measures."""
+    return find_faces(prob, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
+                      config.classes, config.core_scale, config.centres, config.centre_threshold)
+
+
+def evaluate_served(probs: list[np.ndarray], samples: list[Sample], config: ServingConfig) -> tuple[dict, list]:
+    """`evaluate` as the served model answers: what it answers, measured."""
+    return score([served_faces(p, config) for p in probs], samples, config.classes)
+
+
+def score(found: list[tuple], samples: list[Sample], classes: tuple[str, ...] = ()) -> tuple[dict, list]:
+    """`evaluate`'s figures for `find_faces` answers (mask, boxes, labels), one per sample."""
     preds = [(mask, boxes) for mask, boxes, _ in found]
     trues = [boxes_to_mask(s.boxes, s.height, s.width) for s in samples]
     metrics = evaluate_masks([m for m, _ in preds], [b for _, b in preds], trues, [s.boxes for s in samples])
@@ -48,12 +65,6 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, m
                                                 [s.boxes for s in samples], [s.labels for s in samples], classes)
         metrics.update(report, confusion=confusion.tolist())
     return metrics, preds
-
-
-def evaluate_served(probs: list[np.ndarray], samples: list[Sample], config: ServingConfig) -> tuple[dict, list]:
-    """`evaluate` with every post-processing setting a served model carries: what it answers, measured."""
-    return evaluate(probs, samples, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
-                    config.classes, config.core_scale)
 
 
 def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig:
@@ -67,22 +78,25 @@ def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig
                          threshold_ratio=e.threshold_ratio, min_area=e.min_area,
                          test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
                          limits=params.export.limits, caveat=params.caveat, classes=params.data.classes,
-                         test_map50=metrics.get("map50"), core_scale=params.model.core_scale)
+                         test_map50=metrics.get("map50"), core_scale=params.model.core_scale,
+                         centres=params.model.centres, centre_threshold=e.centre_threshold)
 
 
-def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, input_size: int,
-                   classes: tuple[str, ...] = (), core_scale: float = 1.0):
+def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, model_cfg: ModelConfig,
+                   classes: tuple[str, ...] = ()):
     """Choose the threshold on val, then measure test: (metrics, threshold table, predictions).
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
     only here, after every choice has been made on val. A number in `evaluate.threshold` is used
     instead of val's choice (the table is still val's curve), for models trained on val.
     """
-    min_area, ratio, sizes = cfg.min_area, cfg.threshold_ratio, tta_sizes(input_size, cfg.tta_scales)
+    min_area, ratio, sizes = cfg.min_area, cfg.threshold_ratio, tta_sizes(model_cfg.input_size, cfg.tta_scales)
+    core_scale, centres = model_cfg.core_scale, model_cfg.centres
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=cfg.flip_tta)  # noqa: E731
     table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio, core_scale)
     threshold = choose_threshold(table) if cfg.threshold is None else cfg.threshold
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale)
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale,
+                              centres, cfg.centre_threshold)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
     return metrics, table, preds
 

@@ -64,30 +64,46 @@ class FaceAndClassLoss(keras.losses.Loss):
     labels teach face finding only: their pixels carry no class target).
 
     With `face_weights` the target's last channel is a per-pixel weight (`data.dataset.to_arrays`)
-    that multiplies both terms: every face counts alike for finding and for labelling.
+    that multiplies both terms: every face counts alike for finding and for labelling. With `centres`
+    (`model.centres`) the three channels after the classes are CenterNet's: `centre_loss` adds to it.
     """
 
     def __init__(self, face_loss: str = "bce_dice", class_weights=(), face_weights: bool = False,
-                 name: str = "face_and_class", **kwargs):
+                 centres: bool = False, name: str = "face_and_class", **kwargs):
         super().__init__(name=name, **kwargs)
         self.face_loss, self.class_weights = face_loss, [float(w) for w in class_weights]
-        self.face_weights = bool(face_weights)
+        self.face_weights, self.centres = bool(face_weights), bool(centres)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         pixel = y_true[..., -1:] if self.face_weights else ops.ones_like(y_true[..., :1])
         loss = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1], pixel)
-        if not self.class_weights:
+        k = len(self.class_weights)
+        if self.centres:
+            loss = loss + centre_loss(y_true[..., :1], y_true[..., 1 + k:4 + k], y_pred[..., 1 + k:4 + k])
+        if not k:
             return loss
-        target = y_true[..., 1:1 + len(self.class_weights)]
+        target = y_true[..., 1:1 + k]
         weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1) * pixel[..., 0]
-        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., 1:], 1e-7, 1.0)), axis=-1)
+        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., 1:1 + k], 1e-7, 1.0)), axis=-1)
         labelled = ops.sum(target * pixel, axis=(1, 2, 3))
         return loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
 
     def get_config(self):
         return {**super().get_config(), "face_loss": self.face_loss, "class_weights": self.class_weights,
-                "face_weights": self.face_weights}
+                "face_weights": self.face_weights, "centres": self.centres}
+
+
+def centre_loss(face, y_true, y_pred):
+    """Per image: the quality focal loss of the centre heatmap (GFL's soft-target focal loss: the Gaussian
+    targets are never exactly 1 after resizing, which CenterNet's own focal loss needs), summed and divided
+    by the heatmap's mass, plus the mean L1 error of the log width and height over the face cores."""
+    heat, p = y_true[..., 0], ops.clip(y_pred[..., 0], 1e-6, 1 - 1e-6)
+    focal = ops.square(heat - p) * -(heat * ops.log(p) + (1 - heat) * ops.log(1 - p))
+    heat_loss = ops.sum(focal, axis=(1, 2)) / (ops.sum(heat, axis=(1, 2)) + 1.0)
+    inside = ops.cast(face[..., 0] >= 0.5, y_pred.dtype)
+    error = ops.sum(ops.abs(y_true[..., 1:] - y_pred[..., 1:]), axis=-1)
+    return heat_loss + ops.sum(inside * error, axis=(1, 2)) / (ops.sum(inside, axis=(1, 2)) + 1e-6)
 
 
 def get_loss(name: str):

@@ -106,10 +106,13 @@ def build_unet(
     bn_momentum: float = 0.99,
     name: str | None = None,
     n_classes: int = 0,
+    centres: bool = False,
 ) -> keras.Model:
     """U-Net: RGB 0..255 image (sides multiples of 32) -> face probability per pixel, same size;
     with `n_classes`, followed by that many mask-wearing class probabilities (softmax) per pixel:
-    one pass finds the faces and says what they wear.
+    one pass finds the faces and says what they wear. With `centres`, three more channels follow
+    (CenterNet's head): a heatmap that peaks at each face's centre, and the log of the face's width
+    and height as fractions of the image's, so touching faces get a box each.
 
     Fully convolutional: it trains on crops and predicts on whole images at another size.
 
@@ -142,6 +145,12 @@ def build_unet(
         c = layers.Softmax(axis=-1, dtype="float32", name="classes")(c)
         c = BilinearUpsample2x(dtype="float32", name="up_classes")(c)
         outputs = layers.Concatenate(dtype="float32", name="mask_and_classes")([outputs, c])
+    if centres:
+        heat = layers.Activation("sigmoid", dtype="float32", name="centres")(layers.Conv2D(1, 1, name="centre_logits")(features))
+        start = keras.initializers.Constant(-2.5)  # faces a tenth of the image: no exp(0) = whole-image boxes at first
+        sizes = layers.Conv2D(2, 1, bias_initializer=start, dtype="float32", name="log_sizes")(features)
+        both = layers.Concatenate(dtype="float32", name="centres_and_sizes")([heat, sizes])
+        outputs = layers.Concatenate(dtype="float32", name="outputs")([outputs, BilinearUpsample2x(dtype="float32", name="up_centres")(both)])
     model = keras.Model(inputs, outputs, name=name or f"unet_{backbone}_{alpha}")
     for layer in [*model.get_layer("encoder").layers, *model.layers]:
         if isinstance(layer, layers.BatchNormalization):

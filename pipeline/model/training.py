@@ -120,12 +120,13 @@ def class_weights(samples: list[Sample], classes: tuple[str, ...], kind: str = "
     return [float(w) for w in {"balanced": balanced, "sqrt": np.sqrt(balanced), "none": np.ones(len(classes))}[kind]]
 
 
-def training_loss(cfg: TrainConfig, train: list[Sample], classes: tuple[str, ...] = ()):
-    """`train.loss` on the face channel, or with classes or `train.face_weights` the `FaceAndClassLoss` that
-    reads their target channels (`data.dataset.to_arrays`), with the class weights of the training faces."""
-    if not classes and cfg.face_weights == "none":
+def training_loss(cfg: TrainConfig, train: list[Sample], classes: tuple[str, ...] = (), centres: bool = False):
+    """`train.loss` on the face channel, or with classes, `train.face_weights` or `model.centres` the
+    `FaceAndClassLoss` that reads their target channels (`data.dataset.to_arrays`), with the class weights
+    of the training faces."""
+    if not classes and cfg.face_weights == "none" and not centres:
         return get_loss(cfg.loss)
-    return FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights), cfg.face_weights != "none")
+    return FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights), cfg.face_weights != "none", centres)
 
 
 def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
@@ -146,16 +147,17 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
-    data = (examples(train, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights),
-            examples(val, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights))
+    data = tuple(examples(split, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights, model_cfg.centres)
+                 for split in (train, val))
     models, histories = [], []
-    loss = training_loss(cfg, train, classes)
+    loss = training_loss(cfg, train, classes, model_cfg.centres)
     for k, epochs in enumerate(cfg.member_epochs):
         seed = cfg.seed + k
         keras.utils.set_random_seed(seed)
         with strategy.scope():  # variables mirrored on each replica; fit splits every batch among them
             model = build_unet(model_cfg.backbone, model_cfg.alpha, weights, model_cfg.decoder, model_cfg.decoder_filters,
-                               model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes))
+                               model_cfg.bn_momentum, name=f"member{k}" if members > 1 else None, n_classes=len(classes),
+                               centres=model_cfg.centres)
             fit_here = partial(fit_multi_worker, strategy) if cfg.distribute == "multi_worker" else fit
             history = fit_here(model, *data, cfg, seed, epochs, callbacks, first_epoch=sum(map(len, histories)), loss=loss)
         models.append(model)

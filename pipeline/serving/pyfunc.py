@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import replace
 
 import cv2
 import mlflow
@@ -27,7 +28,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.config import ConfigError, Limits, ServingConfig
 from pipeline.data.images import open_image, to_rgb
-from pipeline.data.masks import find_faces
+from pipeline.evaluation.evaluate import served_faces
 from pipeline.model.inference import predict_probs
 
 SERVED_FORMATS = ("JPEG", "PNG")
@@ -102,14 +103,12 @@ def _each(values: list, fn) -> list:
 def predict_images(model, images: list[np.ndarray], config: ServingConfig, threshold: float | None = None,
                    min_area: int | None = None, ratio: float | None = None) -> pd.DataFrame:
     """The served output for decoded images; thresholds default to the evaluated ones."""
-    threshold = config.threshold if threshold is None else threshold
-    min_area = config.min_area if min_area is None else min_area
-    ratio = config.threshold_ratio if ratio is None else ratio
-    probs = predict_probs(model, images, config.tta_sizes, flip=config.flip_tta)
+    config = replace(config, threshold=config.threshold if threshold is None else threshold,
+                     min_area=config.min_area if min_area is None else min_area,
+                     threshold_ratio=config.threshold_ratio if ratio is None else ratio)
     rows = []
-    for prob in probs:
-        mask, found, labels = find_faces(prob, threshold, min_area, config.separate_faces, ratio, config.classes,
-                                          config.core_scale)
+    for prob in predict_probs(model, images, config.tta_sizes, flip=config.flip_tta):
+        mask, found, labels = served_faces(prob, config)
         boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
