@@ -174,10 +174,10 @@ def test_centre_targets_peak_at_each_face_and_hold_its_log_size_over_its_core():
     _, y = to_arrays([sample], 64, ("with_mask",), core_scale=0.8, centres=True, face_weights="sqrt")
     assert y.shape == (1, 64, 64, target_channels(1, True, "sqrt")) == (1, 64, 64, 6)
     heat, log_w, log_h = y[0, ..., 2], y[0, ..., 3], y[0, ..., 4]
-    # model pixels: x halves, y stays; the third face's centre (56, 48) is a pixel corner: four equal maxima
-    assert heat[23, 11] == pytest.approx(np.exp(-0.25 / (2 * (16 / 12) ** 2) - 0.25 / (2 * (32 / 12) ** 2)), rel=1e-5)
-    np.testing.assert_allclose(heat[47:49, 55:57], heat[47, 55])
-    assert heat.max() <= 1 and heat[0, 63] == 0
+    # model pixels: x halves, y stays; each face's peak is the pixel that holds its centre: (12, 24), (56, 48)
+    assert heat[24, 12] == heat[48, 56] == heat.max() == 1 and heat[0, 63] == 0
+    assert heat[24, 13] == pytest.approx(np.exp(-1 / (2 * (16 / 12) ** 2)), rel=1e-5)  # sigma: a twelfth of 16 px
+    assert np.sum(heat == 1) == 3
     assert np.exp(log_w[24, 12]) == pytest.approx(32 / 128) and np.exp(log_h[24, 12]) == pytest.approx(32 / 64)
     assert np.exp(log_w[34, 16]) == pytest.approx(4 / 128) and np.exp(log_h[34, 16]) == pytest.approx(8 / 64)  # overlap
     assert log_w[60, 60] == 0 and y[0, ..., 5].min() > 0  # no size outside faces; the weights come last

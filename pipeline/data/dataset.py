@@ -60,10 +60,11 @@ def target_channels(n_classes: int, centres: bool = False, face_weights: str = "
 
 def centre_targets(boxes: np.ndarray, cores: np.ndarray, height: int, width: int, size: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CenterNet's targets on the `size` x `size` model input: a heatmap holding a Gaussian at each face's
-    centre (peak 1, sigma a twelfth of its side in each direction, at least 0.6 pixel; the maximum where two
-    meet), and over each face's core the log of its box's width and height as fractions of the image's
-    (a smaller face keeps its own where cores overlap; 0 outside faces, where no size is learned).
+    """CenterNet's targets on the `size` x `size` model input: a heatmap holding a Gaussian about the pixel
+    that holds each face's centre (1 there, sigma a twelfth of its side in each direction, at least 0.6
+    pixel; the maximum where two meet), and over each face's core the log of its box's width and height as
+    fractions of the image's (a smaller face keeps its own where cores overlap; 0 outside faces, where no
+    size is learned). `centre_boxes` reads a peak pixel's centre as the face's: half a pixel at most off.
     """
     heat, log_w, log_h = (np.zeros((size, size), np.float32) for _ in range(3))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -71,7 +72,8 @@ def centre_targets(boxes: np.ndarray, cores: np.ndarray, height: int, width: int
     core_slices = box_slices(np.asarray(cores, np.float64).reshape(-1, 4) * [sx, sy, sx, sy], size, size)
     for k in np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])):  # largest first
         x1, y1, x2, y2 = boxes[k]
-        cx, cy, w, h = (x1 + x2) / 2 * sx, (y1 + y2) / 2 * sy, (x2 - x1) * sx, (y2 - y1) * sy
+        w, h = (x2 - x1) * sx, (y2 - y1) * sy
+        cx, cy = min(np.floor((x1 + x2) / 2 * sx), size - 1) + 0.5, min(np.floor((y1 + y2) / 2 * sy), size - 1) + 0.5
         (cols, gx), (rows, gy) = _gaussian(cx, max(w / 12, 0.6), size), _gaussian(cy, max(h / 12, 0.6), size)
         np.maximum(heat[rows, cols], np.outer(gy, gx), out=heat[rows, cols])
         rows, cols = core_slices[k]

@@ -146,7 +146,9 @@ def build_unet(
         c = BilinearUpsample2x(dtype="float32", name="up_classes")(c)
         outputs = layers.Concatenate(dtype="float32", name="mask_and_classes")([outputs, c])
     if centres:
-        heat = layers.Activation("sigmoid", dtype="float32", name="centres")(layers.Conv2D(1, 1, name="centre_logits")(features))
+        rare = keras.initializers.Constant(-4.6)  # p = 0.01 everywhere at first, as RetinaNet and CenterNet start a focal loss
+        heat = layers.Conv2D(1, 1, bias_initializer=rare, name="centre_logits")(features)
+        heat = layers.Activation("sigmoid", dtype="float32", name="centres")(heat)
         start = keras.initializers.Constant(-2.5)  # faces a tenth of the image: no exp(0) = whole-image boxes at first
         sizes = layers.Conv2D(2, 1, bias_initializer=start, dtype="float32", name="log_sizes")(features)
         both = layers.Concatenate(dtype="float32", name="centres_and_sizes")([heat, sizes])
