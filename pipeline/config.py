@@ -167,13 +167,18 @@ class EvaluateConfig:
     separate_faces: bool
     flip_tta: bool
     tta_scales: tuple[float, ...]
-    centre_threshold: float  # a model with centres: a face is a heatmap peak at least this high
+    centre_threshold: float | None  # a model with centres: a face is a heatmap peak this high (None: val's best face F1)
+    centre_overlap: float  # ... and overlaps no higher peak's box by more than this IoU
+    centre_rank_threshold: float  # AP ranks every peak down to this, as detection benchmarks rank all detections
     gallery_size: int
 
     def __post_init__(self):
         _check(self.threshold is None or 0 <= self.threshold <= 1, "evaluate.threshold", "must be null or in [0, 1]")
         _check(0 <= self.threshold_ratio <= 1, "evaluate.threshold_ratio", "must be between 0 (off) and 1")
-        _check(0 < self.centre_threshold <= 1, "evaluate.centre_threshold", "must be in (0, 1]")
+        _check(self.centre_threshold is None or 0 < self.centre_threshold <= 1, "evaluate.centre_threshold",
+               "must be null or in (0, 1]")
+        _check(0 < self.centre_overlap <= 1, "evaluate.centre_overlap", "must be in (0, 1]: 1 keeps overlapping boxes")
+        _check(0 < self.centre_rank_threshold <= 1, "evaluate.centre_rank_threshold", "must be in (0, 1]")
         _check(self.min_area >= 0, "evaluate.min_area", "must be >= 0")
         _check(len(self.tta_scales) > 0 and min(self.tta_scales) > 0, "evaluate.tta_scales",
                "must be a non-empty list of positive factors")
@@ -274,7 +279,14 @@ class ServingConfig:
     threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
     core_scale: float = 1.0  # the model's face cores are boxes shrunk to this: found cores are grown back by its inverse
     centres: bool = False  # the model has CenterNet's channels after the classes: boxes are their peaks and sizes
-    centre_threshold: float = 0.3  # ... a heatmap peak this high or higher
+    centre_threshold: float = 0.5  # ... a heatmap peak this high or higher
+    centre_overlap: float = 1.0  # ... overlapping no higher peak's box by more than this IoU
+    centre_rank_threshold: float = 0.02  # test AP ranks every peak down to this (evaluate.centre_rank_threshold)
+
+    @property
+    def centre_decoding(self) -> tuple[float, float] | None:
+        """`find_faces`' `centres`: (peak threshold, overlap limit) for a model with centres, else None."""
+        return (self.centre_threshold, self.centre_overlap) if self.centres else None
 
     @property
     def primary_metric(self) -> str:

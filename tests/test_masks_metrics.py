@@ -174,7 +174,8 @@ def test_found_cores_are_labelled_on_their_pixels_then_grown_back():
 
 def test_centre_boxes_give_touching_faces_a_box_each_from_their_peaks_and_sizes():
     """model.centres: two faces whose masks merge still give two boxes, each sized by its own log size;
-    a plateau of equal maxima is one face; peaks under the centre threshold are none; labels per box."""
+    a plateau of equal maxima is one face; peaks under the centre threshold are none; labels per box;
+    a second peak inside a face gives a box that the overlap limit drops."""
     from pipeline.data.masks import centre_boxes
 
     heat, sizes = np.zeros((40, 80), np.float32), np.zeros((40, 80, 2), np.float32)
@@ -194,7 +195,11 @@ def test_centre_boxes_give_touching_faces_a_box_each_from_their_peaks_and_sizes(
     prob[10:31, 10:49, 0] = prob[5, 60:62, 0] = 1  # the two faces' masks merged, and the small one
     prob[..., 2] += 0.1
     prob[..., 1] -= 0.1
-    mask, found, labels = find_faces(prob, 0.5, classes=("a", "b"), centres=True, centre_threshold=0.3)
+    mask, found, labels = find_faces(prob, 0.5, classes=("a", "b"), centres=(0.3, 1.0))
     assert len(find_faces(prob, 0.5, classes=("a", "b"))[1]) == 2  # the mask alone: the two faces are one component
     np.testing.assert_allclose(found, boxes)
     assert [label for label, _ in labels] == ["b", "b", "b"] and labels[0][1] == pytest.approx(0.6)
+    heat[20, 24] = 0.8  # a second peak of the first face, its box shifted 4 px: IoU 0.67 with the first's
+    sizes[20, 24] = sizes[20, 20]
+    assert len(centre_boxes(heat, sizes, 0.3)) == 4 and len(centre_boxes(heat, sizes, 0.3, overlap=0.7)) == 4
+    np.testing.assert_allclose(centre_boxes(heat, sizes, 0.3, overlap=0.6), boxes)

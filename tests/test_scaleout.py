@@ -53,7 +53,7 @@ def test_pipeline_registry_and_serving_work_unchanged_against_a_postgres_trackin
             labelled = deep_merge(QUICK, {"data": {"sources": [{"type": "voc", "path": str(voc)}],
                                                    "labels": {"masked": "with_mask", "bare": "without_mask"}},
                                           "model": {"core_scale": 0.75, "centres": True},
-                                          "evaluate": {"centre_threshold": 0.05}})
+                                          "evaluate": {"centre_threshold": 0.005}})
             project = make_clone(tmp_path / "project", labelled)
             sh(project, "dvc", "repro", extra_env={"MLFLOW_TRACKING_URI": url})
             assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()  # all on the server

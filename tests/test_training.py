@@ -130,6 +130,7 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     cfg = replace(PARAMS.evaluate, threshold=0.3, tta_scales=(1.0,), flip_tta=True)
     metrics, _, preds = evaluate_model(model, samples[16:20], samples[20:], cfg, model_cfg, classes)
     assert {"map50", "macro_f1", "label_accuracy", "ap50_incorrect", "f1_without_mask"} <= set(metrics)
+    assert metrics["centre_threshold"] in np.round(np.arange(*cfg.threshold_grid), 4)  # val's best face F1
     assert np.array(metrics["confusion"]).shape == (3, 3)
     from pipeline.evaluation.evaluate import confusion_figure
 
@@ -137,7 +138,7 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == list(classes)
     config = ServingConfig(input_size=64, tta_sizes=(64,), flip_tta=True, separate_faces=False, threshold=0.3,
                            threshold_ratio=0.0, min_area=4, test_fingerprint="x", test_dice=0.0, limits=PARAMS.export.limits,
-                           caveat="", classes=classes, centres=True, centre_threshold=0.05)
+                           caveat="", classes=classes, centres=True, centre_threshold=0.005)
     served = predict_images(model, [s.image for s in samples[20:]], config)
     faces = [f for row in served["faces"] for f in __import__("json").loads(row)]
     assert faces and all(f["label"] in classes and 0 < f["label_score"] <= 1 for f in faces)
@@ -145,4 +146,4 @@ def test_a_labelling_model_trains_evaluates_and_serves_labels_from_its_classes()
     from pipeline.model.inference import predict_probs
 
     probs = predict_probs(model, [s.image for s in samples[20:]], (64,), flip=True)
-    assert served["n_faces"].tolist() == [len(centre_boxes(p[..., 4], p[..., 5:], 0.05)) for p in probs]
+    assert served["n_faces"].tolist() == [len(centre_boxes(p[..., 4], p[..., 5:], 0.005)) for p in probs]

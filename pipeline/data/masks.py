@@ -136,8 +136,8 @@ def region_boxes(labels: np.ndarray, prob: np.ndarray, min_area: int = 1) -> np.
 
 
 def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: bool = False, ratio: float = 0.0,
-               classes: tuple[str, ...] = (), core_scale: float = 1.0, centres: bool = False,
-               centre_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+               classes: tuple[str, ...] = (), core_scale: float = 1.0, centres: tuple[float, float] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
     """What a map from `predict_probs` answers, for evaluation and serving alike: the face mask,
     the boxes (`x1 y1 x2 y2 score`) and a (class, probability) per box, (None, None) for a model
     without classes. A labelling model's map is H x W x (1 + classes), face channel first.
@@ -145,8 +145,8 @@ def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: 
     A model trained on face cores (`core_scale` < 1, the boxes shrunk about their centres) finds
     cores: each is labelled from its own pixels, then grown back by 1 / `core_scale`, and the
     mask is the union of the grown boxes (the face regions as the data defines them).
-    A model with `centres` has three more channels after the classes: its boxes are `centre_boxes`,
-    not the mask's components (the mask is found as without them).
+    A model with centres has three more channels after the classes: with `centres` (peak threshold,
+    overlap limit) its boxes are `centre_boxes`, not the mask's components (the mask is found as without).
     """
     k = len(classes)
     mask, boxes = postprocess(prob if prob.ndim == 2 else prob[..., 0], threshold, min_area, separate, ratio)
@@ -155,16 +155,18 @@ def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: 
     if core_scale != 1:
         boxes = scale_boxes(boxes, 1 / core_scale, *mask.shape)
         mask = boxes_to_mask(boxes[:, :4], *mask.shape)
-    if centres:
-        boxes = centre_boxes(prob[..., 1 + k], prob[..., 2 + k:4 + k], centre_threshold)
+    if centres is not None:
+        boxes = centre_boxes(prob[..., 1 + k], prob[..., 2 + k:4 + k], *centres)
         labels = label(mask, boxes)
     return mask, boxes, labels
 
 
-def centre_boxes(heat: np.ndarray, log_sizes: np.ndarray, threshold: float) -> np.ndarray:
+def centre_boxes(heat: np.ndarray, log_sizes: np.ndarray, threshold: float, overlap: float = 1.0) -> np.ndarray:
     """`[x1, y1, x2, y2, peak]` per local maximum of the centre heatmap at or above `threshold`
     (3 x 3 neighbourhood; a plateau of equal maxima is one face, at its centroid), the box's width
-    and height read from `log_sizes` (log fractions of the image's) at the peak; highest peak first."""
+    and height read from `log_sizes` (log fractions of the image's) at the peak; highest peak first.
+    A box overlapping a higher one by more than `overlap` (IoU) is dropped: a large face's heatmap
+    can hold several peaks, each of which would be a false face."""
     height, width = heat.shape
     peaks = ((heat >= threshold) & (heat >= cv2.dilate(heat, np.ones((3, 3), np.uint8)))).astype(np.uint8)
     n, _, _, centroids = cv2.connectedComponentsWithStats(peaks, connectivity=8)
@@ -174,7 +176,11 @@ def centre_boxes(heat: np.ndarray, log_sizes: np.ndarray, threshold: float) -> n
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, heat[rows, cols]], axis=1).astype(np.float32)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    return boxes[np.argsort(-boxes[:, 4], kind="stable")].reshape(-1, 5)
+    boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")].reshape(-1, 5)
+    if overlap >= 1 or len(boxes) < 2:
+        return boxes
+    keep = cv2.dnn.NMSBoxes(np.c_[boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]].tolist(), boxes[:, 4].tolist(), 0.0, overlap)
+    return boxes[np.sort(np.asarray(keep, int).reshape(-1))]
 
 
 def label_faces(class_probs: np.ndarray, mask: np.ndarray, boxes: np.ndarray, classes: tuple[str, ...]

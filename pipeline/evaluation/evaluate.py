@@ -36,23 +36,35 @@ def choose_threshold(table: pd.DataFrame) -> float:
 
 def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
              separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = (),
-             core_scale: float = 1.0, centres: bool = False, centre_threshold: float = 0.3) -> tuple[dict, list]:
+             core_scale: float = 1.0, centres: tuple[float, float] | None = None,
+             rank_threshold: float | None = None) -> tuple[dict, list]:
     """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
-    how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list)."""
-    return score([find_faces(p, threshold, min_area, separate, ratio, classes, core_scale, centres, centre_threshold)
-                  for p in probs], samples, classes)
+    how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list).
+
+    With `centres` and a lower `rank_threshold`, AP@0.5 and mAP rank every peak down to that one (as
+    detection benchmarks rank all of a detector's boxes; each box keeps its score, so a user who asks
+    for a lower threshold gets the boxes counted); all other figures are the served threshold's.
+    """
+    find = lambda peak: [find_faces(p, threshold, min_area, separate, ratio, classes, core_scale, peak)  # noqa: E731
+                         for p in probs]
+    metrics, preds = score(find(centres), samples, classes)
+    if centres is not None and rank_threshold is not None and rank_threshold < centres[0]:
+        ranked, _ = score(find((rank_threshold, centres[1])), samples, classes)
+        metrics.update({k: v for k, v in ranked.items() if k.startswith("ap50") or k == "map50"})
+    return metrics, preds
 
 
 def served_faces(prob: np.ndarray, config: ServingConfig) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """`find_faces` with every post-processing setting a served model carries: the one call that the pyfunc
-    answers with and that `evaluate_served` measures."""
+    """`find_faces` with every post-processing setting a served model carries: what the pyfunc answers
+    (`evaluate_served` measures the same settings)."""
     return find_faces(prob, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
-                      config.classes, config.core_scale, config.centres, config.centre_threshold)
+                      config.classes, config.core_scale, config.centre_decoding)
 
 
 def evaluate_served(probs: list[np.ndarray], samples: list[Sample], config: ServingConfig) -> tuple[dict, list]:
     """`evaluate` as the served model answers: what it answers, measured."""
-    return score([served_faces(p, config) for p in probs], samples, config.classes)
+    return evaluate(probs, samples, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
+                    config.classes, config.core_scale, config.centre_decoding, config.centre_rank_threshold)
 
 
 def score(found: list[tuple], samples: list[Sample], classes: tuple[str, ...] = ()) -> tuple[dict, list]:
@@ -79,7 +91,8 @@ def serving_config(params: Params, metrics: dict | None = None) -> ServingConfig
                          test_fingerprint=metrics["test_fingerprint"], test_dice=metrics["dice"],
                          limits=params.export.limits, caveat=params.caveat, classes=params.data.classes,
                          test_map50=metrics.get("map50"), core_scale=params.model.core_scale,
-                         centres=params.model.centres, centre_threshold=e.centre_threshold)
+                         centres=params.model.centres, centre_threshold=metrics.get("centre_threshold", 0.5),
+                         centre_overlap=e.centre_overlap, centre_rank_threshold=e.centre_rank_threshold)
 
 
 def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateConfig, model_cfg: ModelConfig,
@@ -88,16 +101,25 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
 
     Shared by the evaluate stage and the cross-validation benchmark. The test split is used
     only here, after every choice has been made on val. A number in `evaluate.threshold` is used
-    instead of val's choice (the table is still val's curve), for models trained on val.
+    instead of val's choice (the table is still val's curve), for models trained on val. A model
+    with centres also gets its peak threshold: `evaluate.centre_threshold`, or val's best face F1.
     """
     min_area, ratio, sizes = cfg.min_area, cfg.threshold_ratio, tta_sizes(model_cfg.input_size, cfg.tta_scales)
-    core_scale, centres = model_cfg.core_scale, model_cfg.centres
+    core_scale, grid = model_cfg.core_scale, np.arange(*cfg.threshold_grid)
     probs = lambda samples: predict_probs(model, [s.image for s in samples], sizes, flip=cfg.flip_tta)  # noqa: E731
-    table = threshold_table(probs(val), val, np.arange(*cfg.threshold_grid), min_area, ratio, core_scale)
+    val_probs = probs(val)
+    table = threshold_table(val_probs, val, grid, min_area, ratio, core_scale)
     threshold = choose_threshold(table) if cfg.threshold is None else cfg.threshold
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale,
-                              centres, cfg.centre_threshold)
-    metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test))
+    centres, chosen = None, {}
+    if model_cfg.centres:
+        def f1(t: float) -> float:
+            m = evaluate(val_probs, val, threshold, min_area, cfg.separate_faces, ratio, (), core_scale, (t, cfg.centre_overlap))[0]
+            return 2 * m["face_recall"] * m["face_precision"] / max(m["face_recall"] + m["face_precision"], 1e-9)
+        peak = cfg.centre_threshold if cfg.centre_threshold is not None else max(grid, key=f1)  # the lowest among ties
+        centres, chosen = (float(peak), cfg.centre_overlap), {"centre_threshold": round(float(peak), 4)}
+    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale, centres,
+                              cfg.centre_rank_threshold)
+    metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test), **chosen)
     return metrics, table, preds
 
 
