@@ -6,7 +6,8 @@ with `mask` (base64 single-channel PNG, 0/255, the image's own size), `boxes` (J
 demo says what it is) and `faces` (JSON list, one object per face in the order of `boxes`:
 `{"box": [x1, y1, x2, y2], "score": s, "label": name or null, "label_score": p or null}`; the
 label is null for a model trained without mask-wearing labels). Params: `threshold`,
-`threshold_ratio`, `min_area`.
+`threshold_ratio`, `min_area` (the mask's; a model with centres, `model.centres`, takes its boxes
+from heatmap peaks at the evaluated `centre_threshold`).
 
 Bad input rejects the whole request (HTTP 400 from `mlflow models serve`) with one message
 listing every bad image by index, so a client fixes them all in one go; no partial results.
