@@ -242,6 +242,8 @@ class Params:
     mlflow: MlflowConfig
 
     def __post_init__(self):
+        _check(not self.model.centres or tuple(self.evaluate.tta_scales) == (1.0,), "evaluate.tta_scales",
+               "must be [1.0] with model.centres: the sizes it learns are fractions of model.input_size")
         _check(not self.train.use_val or self.evaluate.threshold is not None, "evaluate.threshold",
                "must be set with train.use_val: the val images are trained on, so they cannot choose it")
 

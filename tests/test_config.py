@@ -115,3 +115,9 @@ def test_committed_dvc_lock_matches_the_code_and_params():
     changed = {stage: change for stage, entries in status.items() for entry in entries if isinstance(entry, dict)
                for change in [{k: v for k, v in entry.get("changed deps", {}).items() if v != "deleted"}] if change}
     assert not changed, f"dvc.lock is stale, run `make run` and commit dvc.lock: {changed}"
+
+
+def test_centres_refuse_test_time_scales_they_cannot_size():
+    with pytest.raises(ConfigError, match="evaluate.tta_scales"):
+        Params(**{**PARAMS.__dict__, "model": replace(PARAMS.model, centres=True),
+                  "evaluate": replace(PARAMS.evaluate, tta_scales=(1.0, 2.0))})

@@ -190,3 +190,9 @@ def test_centre_targets_peak_at_each_face_and_hold_its_log_size_over_its_core():
     found = np.unique(np.round(sizes[inside] - np.log(2.0), 4), axis=0)  # a 32 px crop of the 64 px map, zoomed x2
     expected = np.round(np.log([[32 / 128, 32 / 64], [4 / 128, 8 / 64], [24 / 128, 16 / 64]]), 4)
     assert all(any(np.allclose(f, e, atol=1e-3) for e in expected) for f in found)
+    # Training crops (train.crop_size) unzoomed: a face keeps its pixels, so its target keeps its value; the
+    # model, served the whole image at model.input_size, reads it as a fraction of the image.
+    batch = next(iter(make_dataset(data, 1, AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0, contrast=0), 0, 32)[0]))
+    sizes, inside = batch[1].numpy()[0, ..., 3:5], batch[1].numpy()[0, ..., 0] >= 0.5
+    assert inside.any() and all(any(np.allclose(f, e, atol=1e-3) for e in expected)
+                                for f in np.unique(np.round(sizes[inside], 4), axis=0))

@@ -63,8 +63,9 @@ def centre_targets(boxes: np.ndarray, cores: np.ndarray, height: int, width: int
     """CenterNet's targets on the `size` x `size` model input: a heatmap holding a Gaussian about the pixel
     that holds each face's centre (1 there, sigma a twelfth of its side in each direction, at least 0.6
     pixel; the maximum where two meet), and over each face's core the log of its box's width and height as
-    fractions of the image's (a smaller face keeps its own where cores overlap; 0 outside faces, where no
-    size is learned). `centre_boxes` reads a peak pixel's centre as the face's: half a pixel at most off.
+    fractions of the image's, that is of the model's input side (a smaller face keeps its own where cores
+    overlap; 0 outside faces, where no size is learned). `centre_boxes` reads a peak pixel's centre as the
+    face's: half a pixel at most off.
     """
     heat, log_w, log_h = (np.zeros((size, size), np.float32) for _ in range(3))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -162,7 +163,9 @@ def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int, log_sizes: tu
     """Flip, random zoom-and-crop to `out_size` (zoom > 1 enlarges small faces), brightness, contrast.
 
     The `log_sizes` target channels are resized by nearest neighbour (a face's size, never a blend with
-    its neighbour's) and shifted by log(side / crop): a face fills that much more of the crop than of the image.
+    its neighbour's) and shifted by log(out_size / crop), the zoom: they are log sizes in pixels of the
+    tensor the model sees over the model's input side, so a face of n pixels has one target whether the
+    model sees a crop or (when served) the whole image, where they are fractions of the image.
     """
     import tensorflow as tf
 
@@ -184,7 +187,7 @@ def _augment(image, mask, seed, cfg: AugmentConfig, out_size: int, log_sizes: tu
     image, mask = resized[..., :3], resized[..., 3:]
     if log_sizes:
         nearest = tf.image.resize(both, [out_size, out_size], method="nearest")[..., 3:]
-        shift = tf.math.log(tf.cast(height, tf.float32) / tf.cast(crop, tf.float32))
+        shift = tf.math.log(float(out_size) / tf.cast(crop, tf.float32))
         channel = tf.range(tf.shape(mask)[-1])
         is_size = tf.reduce_any(channel[:, None] == tf.constant(log_sizes, tf.int32)[None, :], axis=1)
         mask = tf.where(is_size, nearest + shift, mask)

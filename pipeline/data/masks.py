@@ -151,7 +151,7 @@ def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: 
     k = len(classes)
     mask, boxes = postprocess(prob if prob.ndim == 2 else prob[..., 0], threshold, min_area, separate, ratio)
     label = (lambda m, b: label_faces(prob[..., 1:1 + k], m, b, classes)) if classes else (lambda m, b: [(None, None)] * len(b))
-    labels = label(mask, boxes)  # of the cores, with `core_scale`
+    labels = label(mask, boxes) if centres is None else None  # of the cores, with `core_scale`: their own pixels
     if core_scale != 1:
         boxes = scale_boxes(boxes, 1 / core_scale, *mask.shape)
         mask = boxes_to_mask(boxes[:, :4], *mask.shape)
