@@ -172,7 +172,7 @@ def test_centre_targets_peak_at_each_face_and_hold_its_log_size_over_its_core():
     sample = Sample("a", np.zeros((64, 128, 3), np.uint8),
                     np.array([[8, 8, 40, 40], [30, 30, 34, 38], [100, 40, 124, 56]], np.float32), [None, "with_mask", None])
     _, y = to_arrays([sample], 64, ("with_mask",), core_scale=0.8, centres=True, face_weights="sqrt")
-    assert y.shape == (1, 64, 64, target_channels(1, True, "sqrt")) == (1, 64, 64, 6)
+    assert y.shape == (1, 64, 64, target_channels(1, True, "sqrt").total) == (1, 64, 64, 6)
     heat, log_w, log_h = y[0, ..., 2], y[0, ..., 3], y[0, ..., 4]
     # model pixels: x halves, y stays; each face's peak is the pixel that holds its centre: (12, 24), (56, 48)
     assert heat[24, 12] == heat[48, 56] == heat.max() == 1 and heat[0, 63] == 0

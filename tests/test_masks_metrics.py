@@ -176,7 +176,9 @@ def test_centre_boxes_give_touching_faces_a_box_each_from_their_peaks_and_sizes(
     """model.centres: two faces whose masks merge still give two boxes, each sized by its own log size;
     a plateau of equal maxima is one face; peaks under the centre threshold are none; labels per box;
     a second peak inside a face gives a box that the overlap limit drops."""
+    from pipeline.data.formats import Sample
     from pipeline.data.masks import centre_boxes
+    from pipeline.evaluation.evaluate import choose_centre_threshold
 
     heat, sizes = np.zeros((40, 80), np.float32), np.zeros((40, 80, 2), np.float32)
     for cx, w, v in ((20, 20, 0.9), (40, 16, 0.6)):  # centres at pixels (20, 20) and (40, 20), 20 and 16 px wide
@@ -199,6 +201,9 @@ def test_centre_boxes_give_touching_faces_a_box_each_from_their_peaks_and_sizes(
     assert len(find_faces(prob, 0.5, classes=("a", "b"))[1]) == 2  # the mask alone: the two faces are one component
     np.testing.assert_allclose(found, boxes)
     assert [label for label, _ in labels] == ["b", "b", "b"] and labels[0][1] == pytest.approx(0.6)
+    val = Sample("v", np.zeros((40, 80, 3), np.uint8), boxes[:2, :4].copy(), [None, None])  # the plateau is no face
+    # face F1 at 0.3: 0.8 (the plateau's box is false), 0.55: 1, 0.7: 2/3 (the first face alone); ties: the lowest
+    assert choose_centre_threshold([prob], [val], np.array([0.3, 0.55, 0.58, 0.7]), 1.0, n_classes=2) == 0.55
     heat[20, 24] = 0.8  # a second peak of the first face, its box shifted 4 px: IoU 0.67 with the first's
     sizes[20, 24] = sizes[20, 20]
     assert len(centre_boxes(heat, sizes, 0.3)) == 4 and len(centre_boxes(heat, sizes, 0.3, overlap=0.7)) == 4

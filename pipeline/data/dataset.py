@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.config import AugmentConfig
 from pipeline.data.formats import Sample
-from pipeline.data.masks import box_slices, boxes_to_mask, face_weight_map, scale_boxes
+from pipeline.data.masks import Channels, box_slices, boxes_to_mask, face_weight_map, scale_boxes
 
 NO_AUGMENT = AugmentConfig(flip=False, zoom=(1.0, 1.0), brightness=0.0, contrast=0.0)
 
@@ -38,7 +38,7 @@ def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), c
     weight (`face_weight_map` with power 1 or 1/2: every face weighs the same, or the square root of it).
     """
     power = FACE_WEIGHT_POWER[face_weights]
-    channels = target_channels(len(classes), centres, face_weights)
+    channels = target_channels(len(classes), centres, face_weights).total
     x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
     y = []
     for s in samples:
@@ -53,9 +53,9 @@ def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), c
     return x, np.stack(y) if y else np.zeros((0, size, size, channels), np.float32)
 
 
-def target_channels(n_classes: int, centres: bool = False, face_weights: str = "none") -> int:
-    """How many channels `to_arrays` gives: face, classes, [heatmap, log width, log height], [weight]."""
-    return 1 + n_classes + 3 * centres + (FACE_WEIGHT_POWER[face_weights] is not None)
+def target_channels(n_classes: int, centres: bool = False, face_weights: str = "none") -> Channels:
+    """The layout of the targets `to_arrays` gives."""
+    return Channels(n_classes, centres, FACE_WEIGHT_POWER[face_weights] is not None)
 
 
 def centre_targets(boxes: np.ndarray, cores: np.ndarray, height: int, width: int, size: int
@@ -111,8 +111,8 @@ def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = ()
     same examples for the same index."""
     import tensorflow as tf
 
-    channels = target_channels(len(classes), centres, face_weights)
-    log_sizes = (2 + len(classes), 3 + len(classes)) if centres else ()
+    layout = target_channels(len(classes), centres, face_weights)
+    channels, log_sizes = layout.total, tuple(range(layout.total)[layout.log_sizes]) if centres else ()
     if not stream:
         x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights, centres))
         return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size, log_sizes)

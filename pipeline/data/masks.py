@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Where each quantity lives in a model's map and its training targets, in this order: the face,
+    one per mask-wearing class, with `centres` CenterNet's heatmap, log width and log height, and with
+    `weight` (targets only) a per-pixel loss weight. The one place that spells out the layout."""
+
+    n_classes: int = 0
+    centres: bool = False
+    weight: bool = False
+
+    @property
+    def classes(self) -> slice:
+        return slice(1, 1 + self.n_classes)
+
+    @property
+    def heat(self) -> int:
+        return 1 + self.n_classes
+
+    @property
+    def log_sizes(self) -> slice:
+        return slice(2 + self.n_classes, 4 + self.n_classes)
+
+    @property
+    def total(self) -> int:
+        return 1 + self.n_classes + 3 * self.centres + self.weight
 
 
 def boxes_to_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -148,15 +177,15 @@ def find_faces(prob: np.ndarray, threshold: float, min_area: int = 0, separate: 
     A model with centres has three more channels after the classes: with `centres` (peak threshold,
     overlap limit) its boxes are `centre_boxes`, not the mask's components (the mask is found as without).
     """
-    k = len(classes)
+    ch = Channels(len(classes), centres is not None)
     mask, boxes = postprocess(prob if prob.ndim == 2 else prob[..., 0], threshold, min_area, separate, ratio)
-    label = (lambda m, b: label_faces(prob[..., 1:1 + k], m, b, classes)) if classes else (lambda m, b: [(None, None)] * len(b))
+    label = (lambda m, b: label_faces(prob[..., ch.classes], m, b, classes)) if classes else (lambda m, b: [(None, None)] * len(b))
     labels = label(mask, boxes) if centres is None else None  # of the cores, with `core_scale`: their own pixels
     if core_scale != 1:
         boxes = scale_boxes(boxes, 1 / core_scale, *mask.shape)
         mask = boxes_to_mask(boxes[:, :4], *mask.shape)
     if centres is not None:
-        boxes = centre_boxes(prob[..., 1 + k], prob[..., 2 + k:4 + k], *centres)
+        boxes = centre_boxes(prob[..., ch.heat], prob[..., ch.log_sizes], *centres)
         labels = label(mask, boxes)
     return mask, boxes, labels
 

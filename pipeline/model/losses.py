@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from pipeline.data.masks import Channels
+
 
 def _per_image(y_true, y_pred, smooth: float, weight=1.0):
     axes = tuple(range(1, len(y_pred.shape)))
@@ -78,14 +80,15 @@ class FaceAndClassLoss(keras.losses.Loss):
         y_true = ops.cast(y_true, y_pred.dtype)
         pixel = y_true[..., -1:] if self.face_weights else ops.ones_like(y_true[..., :1])
         loss = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1], pixel)
-        k = len(self.class_weights)
+        ch = Channels(len(self.class_weights), self.centres, self.face_weights)
         if self.centres:
-            loss = loss + centre_loss(y_true[..., :1], y_true[..., 1 + k:4 + k], y_pred[..., 1 + k:4 + k])
-        if not k:
+            centre = slice(ch.heat, ch.log_sizes.stop)
+            loss = loss + centre_loss(y_true[..., :1], y_true[..., centre], y_pred[..., centre])
+        if not ch.n_classes:
             return loss
-        target = y_true[..., 1:1 + k]
+        target = y_true[..., ch.classes]
         weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1) * pixel[..., 0]
-        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., 1:1 + k], 1e-7, 1.0)), axis=-1)
+        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0)), axis=-1)
         labelled = ops.sum(target * pixel, axis=(1, 2, 3))
         return loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
 
