@@ -80,17 +80,49 @@ def test_parity_checks_onnx_against_the_evaluated_figures_and_fails_on_another_m
 
 
 def test_an_export_whose_output_shape_differs_from_keras_is_refused_and_not_written(exported, tmp_path):
-    """The fault seen once in a `make run`: the converted output gained a leading axis. A stand-in whose Keras
-    answer has that axis (the converter cannot be made to do it on purpose) gets the same refusal."""
+    """The fault seen twice on busy cores: the converted output gained a leading axis. A stand-in whose Keras
+    answer has that axis (the converter cannot be made to do it on purpose) is converted three times, then
+    refused, and nothing is written."""
     model, _ = exported
 
     class Reshaped:
+        conversions = 0
+
         def predict_on_batch(self, x):
             return np.asarray(model.predict_on_batch(x))[None]
 
         def export(self, *args, **kwargs):
+            Reshaped.conversions += 1
             return model.export(*args, **kwargs)
 
-    with pytest.raises(ParityError, match=r"answers a batch of shape \(2, 64, 64, 3\) with shape \(2, 64, 64, 4\)"):
+    with pytest.raises(ParityError, match=r"answers a batch of shape \(2, 64, 64, 3\) with shape \(2, 64, 64, 4\), the "
+                       r"Keras model with \(1, 2, 64, 64, 4\) \(3 conversions\)"):
         export_onnx(Reshaped(), tmp_path / "model.onnx", CONFIG)
-    assert list(tmp_path.iterdir()) == []
+    assert Reshaped.conversions == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_a_conversion_that_gains_an_axis_once_is_converted_again(exported, tmp_path, caplog):
+    """The fault as it happens: the first conversion answers (1, 2, 64, 64, 4), the next one is right. The
+    file written is the right one, with its settings, and the retry is logged."""
+    import keras
+
+    model, _ = exported
+    inputs = keras.Input((None, None, 3))
+    wrong = keras.Model(inputs, keras.layers.Lambda(lambda t: keras.ops.expand_dims(t, 0))(model(inputs)))
+    wrong.predict_on_batch(np.zeros((2, 64, 64, 3), np.float32))
+
+    class Flaky:
+        conversions = 0
+
+        def predict_on_batch(self, x):
+            return model.predict_on_batch(x)
+
+        def export(self, *args, **kwargs):
+            Flaky.conversions += 1
+            return (wrong if Flaky.conversions == 1 else model).export(*args, **kwargs)
+
+    onnx = export_onnx(Flaky(), tmp_path / "model.onnx", CONFIG)
+    assert Flaky.conversions == 2 and "converting again (attempt 2 of 3)" in caplog.text
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.onnx"]
+    assert onnx.predict_on_batch(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 64, 64, 4)
+    assert OnnxModel(tmp_path / "model.onnx").serving_config("test") == CONFIG
