@@ -112,7 +112,8 @@ def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = ()
     import tensorflow as tf
 
     layout = target_channels(len(classes), centres, face_weights)
-    channels, log_sizes = layout.total, tuple(range(layout.total)[layout.log_sizes]) if centres else ()
+    channels = layout.total
+    log_sizes = tuple(range(channels)[layout.log_sizes]) if centres else ()
     if not stream:
         x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights, centres))
         return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size, log_sizes)

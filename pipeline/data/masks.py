@@ -32,6 +32,11 @@ class Channels:
         return slice(2 + self.n_classes, 4 + self.n_classes)
 
     @property
+    def centre(self) -> slice:
+        """The heatmap and both log sizes: what `centre_loss` compares."""
+        return slice(self.heat, self.log_sizes.stop)
+
+    @property
     def total(self) -> int:
         return 1 + self.n_classes + 3 * self.centres + self.weight
 

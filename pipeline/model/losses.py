@@ -82,8 +82,7 @@ class FaceAndClassLoss(keras.losses.Loss):
         loss = get_loss(self.face_loss)(y_true[..., :1], y_pred[..., :1], pixel)
         ch = Channels(len(self.class_weights), self.centres, self.face_weights)
         if self.centres:
-            centre = slice(ch.heat, ch.log_sizes.stop)
-            loss = loss + centre_loss(y_true[..., :1], y_true[..., centre], y_pred[..., centre])
+            loss = loss + centre_loss(y_true[..., :1], y_true[..., ch.centre], y_pred[..., ch.centre])
         if not ch.n_classes:
             return loss
         target = y_true[..., ch.classes]

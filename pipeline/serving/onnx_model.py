@@ -43,6 +43,10 @@ def export_onnx(model, path: str | Path, config: ServingConfig, attempts: int = 
         with warnings.catch_warnings():  # the converter's probe for numpy's removed `np.object`
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(partial), format="onnx", verbose=False)
+        proto = onnx.load(str(partial))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CONFIG_KEY, json.dumps(config.to_dict())
+        onnx.save(proto, str(partial))
         exported = OnnxModel(partial, config.threads)
         got = exported.predict_on_batch(probe).shape
         if got == expected:
@@ -55,12 +59,9 @@ def export_onnx(model, path: str | Path, config: ServingConfig, attempts: int = 
                               f"export stage again, or serve with export.engine=keras, and report the versions "
                               f"of tf2onnx and onnxruntime")
         logging.getLogger(__name__).warning("%s: converting again (attempt %d of %d)", message, attempt + 1, attempts)
-    proto = onnx.load(str(partial))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = CONFIG_KEY, json.dumps(config.to_dict())
-    onnx.save(proto, str(partial))
     partial.replace(path)
-    return OnnxModel(path, config.threads)
+    exported.path = path  # the session holds the model; the file now has its name
+    return exported
 
 
 class OnnxModel:
