@@ -11,7 +11,8 @@ Each fold trains on the other folds (15% of them held out as val for early stopp
 threshold, or trained on too with train.use_val) with the same code as the DVC stages, then
 evaluates the fold. `--extra` sources (e.g. facemask-scenes) join every fold's training part,
 never its val or test images, so the figures stay comparable with runs without them. Prints every fold and mean +- std of dice, IoU, pooled dice and face
-recall/precision by size, with training and inference images/s; `--out` writes the table as CSV.
+recall/precision by size, with training and inference images/s; `--out` writes the table as CSV
+(after each fold, so an interrupted run keeps what it finished: `--start K` runs the rest).
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ def main() -> None:
         rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load, extra))
         shown = [c for c in ["fold", *COLUMNS, *PLAIN_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
+        if args.out:  # after every fold: a stopped run keeps the folds it finished (--start resumes)
+            pd.DataFrame(rows).to_csv(args.out, index=False)
     table = pd.DataFrame(rows)
-    if args.out:
-        table.to_csv(args.out, index=False)
     columns = [c for c in COLUMNS + PLAIN_COLUMNS if c in table]
     summary = table[columns].agg(["mean", "std"]).T
     print(f"\npreset={args.preset} overrides={args.overrides} extra={args.extra} ({len(extra)} images) folds={args.folds}/{args.k} images={len(samples)} "
