@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -46,7 +45,7 @@ from pipeline.data.formats import (
 )
 from pipeline.data.masks import label_faces
 from pipeline.data.split import split_dataset
-from pipeline.evaluation.evaluate import evaluate_served, served_faces
+from pipeline.evaluation.evaluate import decode_faces, evaluate
 from pipeline.evaluation.metrics import mask_wearing_report
 from pipeline.io import read_json
 from pipeline.model.inference import predict_probs
@@ -158,13 +157,11 @@ def compare_on_project(project: Path, args, weights: str) -> None:
     start = time.perf_counter()
     model = load_model(project / "models/model.keras")
     probs = predict_probs(model, [s.image for s in test], config.tta_sizes, flip=config.flip_tta)
-    ours, preds = evaluate_served(probs, test, config)  # what the evaluate stage measured
+    ours, preds = evaluate(probs, test, config.decoding)  # what the evaluate stage measured
     detect = time.perf_counter() - start
     boxes = [b for _, b in preds]
-    if config.centre_decoding and config.centre_rank_threshold < config.centre_threshold:  # ours' AP ranks these: so does its
-        ranked = [served_faces(p, replace(config, centre_threshold=config.centre_rank_threshold))[1] for p in probs]
-    else:
-        ranked = boxes
+    decoding = config.decoding  # ours' AP ranks more peaks than it serves with centres: so does the classic's
+    ranked = [decode_faces(p, decoding.ranked)[1] for p in probs] if decoding.ranked != decoding else boxes
 
     base = keras.applications.MobileNet(input_shape=(args.crop, args.crop, 3), alpha=args.alpha, include_top=False,
                                         weights=weights, pooling="avg")

@@ -112,7 +112,7 @@ def preset_model(preset: str, engine: str, overrides: list[str]) -> FaceSegmente
 def quality(segmenter: FaceSegmenter) -> dict[str, float]:
     """Dice and face recall on the workspace's test split, if it is the split the model was evaluated on."""
     from pipeline.data.formats import fingerprint
-    from pipeline.evaluation.evaluate import evaluate_served
+    from pipeline.evaluation.evaluate import evaluate
     from pipeline.model.inference import predict_probs
     from stages.common import split_samples
 
@@ -124,7 +124,7 @@ def quality(segmenter: FaceSegmenter) -> dict[str, float]:
     if not test or fingerprint(test) != config.test_fingerprint:
         return {}
     probs = predict_probs(segmenter.model, [s.image for s in test], config.tta_sizes, flip=config.flip_tta)
-    metrics, _ = evaluate_served(probs, test, config)
+    metrics, _ = evaluate(probs, test, config.decoding)
     return {"dice": metrics["dice"], "face_recall": metrics["face_recall"], **({"map50": metrics["map50"]}
                                                                                 if config.classes else {})}
 

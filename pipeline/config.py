@@ -261,6 +261,28 @@ class Params:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """How a probability map becomes faces (`find_faces`' settings): what evaluate measures with and a
+    served model answers with, so the two cannot drift apart."""
+
+    threshold: float
+    min_area: int = 0
+    separate: bool = False
+    ratio: float = 0.0
+    classes: tuple[str, ...] = ()
+    core_scale: float = 1.0
+    centres: tuple[float, float] | None = None  # a model with centres: (peak threshold, overlap limit)
+    rank_threshold: float | None = None  # ... AP@0.5 and mAP rank every peak down to this
+
+    @property
+    def ranked(self) -> Decoding:
+        """The decoding AP@0.5 and mAP rank with: peaks down to `rank_threshold` where that is lower."""
+        if self.centres is None or self.rank_threshold is None or self.rank_threshold >= self.centres[0]:
+            return self
+        return dataclasses.replace(self, centres=(self.rank_threshold, self.centres[1]))
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """What the served model does besides the network; written by evaluate, read by export and the pyfunc."""
 
@@ -286,9 +308,10 @@ class ServingConfig:
     centre_rank_threshold: float = 0.02  # test AP ranks every peak down to this (evaluate.centre_rank_threshold)
 
     @property
-    def centre_decoding(self) -> tuple[float, float] | None:
-        """`find_faces`' `centres`: (peak threshold, overlap limit) for a model with centres, else None."""
-        return (self.centre_threshold, self.centre_overlap) if self.centres else None
+    def decoding(self) -> Decoding:
+        """The post-processing settings, as `find_faces` takes them."""
+        return Decoding(self.threshold, self.min_area, self.separate_faces, self.threshold_ratio, self.classes, self.core_scale,
+                        (self.centre_threshold, self.centre_overlap) if self.centres else None, self.centre_rank_threshold)
 
     @property
     def primary_metric(self) -> str:

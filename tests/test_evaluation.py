@@ -60,21 +60,22 @@ def test_confusion_rows_give_one_row_per_labelled_face_for_dvc_plots():
 
 def test_a_model_with_centres_ranks_every_peak_for_ap_and_serves_its_threshold_for_the_rest():
     """evaluate.centre_rank_threshold: AP counts the faint peak the served threshold leaves out (as detection
-    benchmarks rank all boxes); recall and precision stay the served threshold's; evaluate_served agrees."""
-    from pipeline.config import ServingConfig
+    benchmarks rank all boxes); recall and precision stay the served threshold's; a serving config decodes alike."""
+    from pipeline.config import Decoding, ServingConfig
     from pipeline.data.formats import Sample
-    from pipeline.evaluation.evaluate import evaluate, evaluate_served
+    from pipeline.evaluation.evaluate import evaluate
 
     sample = Sample("a", np.zeros((40, 80, 3), np.uint8), np.array([[10, 10, 30, 30], [50, 10, 70, 30]], np.float32), [None] * 2)
     prob = np.zeros((40, 80, 4), np.float32)
     prob[10:30, 10:30, 0] = prob[10:30, 50:70, 0] = 1
     prob[20, 20, 1], prob[20, 60, 1] = 0.9, 0.2  # a sure face and a faint one
     prob[..., 2:] = np.log([20 / 80, 20 / 40])
-    served, _ = evaluate([prob], [sample], 0.5, 0, centres=(0.5, 0.4))
-    ranked, _ = evaluate([prob], [sample], 0.5, 0, centres=(0.5, 0.4), rank_threshold=0.1)
+    served, _ = evaluate([prob], [sample], Decoding(0.5, centres=(0.5, 0.4)))
+    ranked, _ = evaluate([prob], [sample], Decoding(0.5, centres=(0.5, 0.4), rank_threshold=0.1))
     assert served["face_recall"] == ranked["face_recall"] == 0.5 and served["ap50"] == pytest.approx(0.5)
     assert ranked["ap50"] == pytest.approx(1.0)
     config = ServingConfig(input_size=64, tta_sizes=(64,), flip_tta=False, separate_faces=False, threshold=0.5, threshold_ratio=0.0,
                            min_area=0, test_fingerprint="x", test_dice=0.0, limits=PARAMS.export.limits, caveat="",
                            centres=True, centre_threshold=0.5, centre_overlap=0.4, centre_rank_threshold=0.1)
-    assert evaluate_served([prob], [sample], config)[0] == ranked
+    assert config.decoding == Decoding(0.5, centres=(0.5, 0.4), rank_threshold=0.1)
+    assert evaluate([prob], [sample], config.decoding)[0] == ranked

@@ -62,7 +62,7 @@ def test_parity_checks_onnx_against_the_evaluated_figures_and_fails_on_another_m
     samples = generate(4, 64, 96, 2, seed=3)
     probs = predict_probs(model, [s.image for s in samples], CONFIG.tta_sizes, flip=True)
     threshold = float(np.median(np.concatenate([p[..., 0].ravel() for p in probs])))  # masks of half the pixels
-    measured, _ = evaluate(probs, samples, threshold, CONFIG.min_area, False, 0.0, CONFIG.classes)  # as evaluate measured
+    measured, _ = evaluate(probs, samples, dataclasses.replace(CONFIG, threshold=threshold).decoding)  # as evaluate measured
     config = dataclasses.replace(CONFIG, threshold=threshold, test_fingerprint=fingerprint(samples), test_dice=measured["dice"],
                                  test_map50=measured["map50"])
     report = parity(model, OnnxModel(path), samples, config, tolerance=0.005, n_compared=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateConfig, ModelConfig, Params, ServingConfig
+from pipeline.config import Decoding, EvaluateConfig, ModelConfig, Params, ServingConfig
 from pipeline.data.formats import Sample, fingerprint
 from pipeline.data.masks import Channels, boxes_to_mask, centre_boxes, find_faces
 from pipeline.evaluation.metrics import evaluate_masks, mask_dice, mask_wearing_report, match_boxes, pixel_counts
@@ -48,37 +48,25 @@ def choose_centre_threshold(probs: list[np.ndarray], samples: list[Sample], thre
     return float(max(thresholds, key=f1))
 
 
-def evaluate(probs: list[np.ndarray], samples: list[Sample], threshold: float, min_area: int,
-             separate: bool = False, ratio: float = 0.0, classes: tuple[str, ...] = (),
-             core_scale: float = 1.0, centres: tuple[float, float] | None = None,
-             rank_threshold: float | None = None) -> tuple[dict, list]:
-    """Test metrics and the (mask, boxes) predictions they were computed from; with `classes`, also
-    how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list).
+def decode_faces(prob: np.ndarray, decoding: Decoding) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """`find_faces` with every setting of `decoding`: what the served model answers and evaluate measures."""
+    d = decoding
+    return find_faces(prob, d.threshold, d.min_area, d.separate, d.ratio, d.classes, d.core_scale, d.centres)
 
-    With `centres` and a lower `rank_threshold`, AP@0.5 and mAP rank every peak down to that one (as
+
+def evaluate(probs: list[np.ndarray], samples: list[Sample], decoding: Decoding) -> tuple[dict, list]:
+    """Test metrics and the (mask, boxes) predictions they were computed from; with `decoding.classes`,
+    also how well the found faces are labelled (`mask_wearing_report`, its confusion matrix as a list).
+
+    With centres and a lower `rank_threshold`, AP@0.5 and mAP rank every peak down to that one (as
     detection benchmarks rank all of a detector's boxes; each box keeps its score, so a user who asks
     for a lower threshold gets the boxes counted); all other figures are the served threshold's.
     """
-    find = lambda peak: [find_faces(p, threshold, min_area, separate, ratio, classes, core_scale, peak)  # noqa: E731
-                         for p in probs]
-    metrics, preds = score(find(centres), samples, classes)
-    if centres is not None and rank_threshold is not None and rank_threshold < centres[0]:
-        ranked, _ = score(find((rank_threshold, centres[1])), samples, classes)
+    metrics, preds = score([decode_faces(p, decoding) for p in probs], samples, decoding.classes)
+    if decoding.ranked != decoding:
+        ranked, _ = score([decode_faces(p, decoding.ranked) for p in probs], samples, decoding.classes)
         metrics.update({k: v for k, v in ranked.items() if k.startswith("ap50") or k == "map50"})
     return metrics, preds
-
-
-def served_faces(prob: np.ndarray, config: ServingConfig) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """`find_faces` with every post-processing setting a served model carries: what the pyfunc answers
-    (`evaluate_served` measures the same settings)."""
-    return find_faces(prob, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
-                      config.classes, config.core_scale, config.centre_decoding)
-
-
-def evaluate_served(probs: list[np.ndarray], samples: list[Sample], config: ServingConfig) -> tuple[dict, list]:
-    """`evaluate` as the served model answers: what it answers, measured."""
-    return evaluate(probs, samples, config.threshold, config.min_area, config.separate_faces, config.threshold_ratio,
-                    config.classes, config.core_scale, config.centre_decoding, config.centre_rank_threshold)
 
 
 def score(found: list[tuple], samples: list[Sample], classes: tuple[str, ...] = ()) -> tuple[dict, list]:
@@ -130,8 +118,8 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
         if peak is None:
             peak = choose_centre_threshold(val_probs, val, grid, cfg.centre_overlap, len(classes))
         centres, chosen = (float(peak), cfg.centre_overlap), {"centre_threshold": round(float(peak), 4)}
-    metrics, preds = evaluate(probs(test), test, threshold, min_area, cfg.separate_faces, ratio, classes, core_scale, centres,
-                              cfg.centre_rank_threshold)
+    decoding = Decoding(threshold, min_area, cfg.separate_faces, ratio, classes, core_scale, centres, cfg.centre_rank_threshold)
+    metrics, preds = evaluate(probs(test), test, decoding)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test), **chosen)
     return metrics, table, preds
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import ServingConfig
 from pipeline.data.formats import Sample, fingerprint
-from pipeline.evaluation.evaluate import evaluate_served
+from pipeline.evaluation.evaluate import evaluate
 from pipeline.model.inference import predict_probs
 
 CONFIG_KEY = "facemask.serving_config"  # ONNX metadata: the ServingConfig as JSON
@@ -102,7 +102,7 @@ def parity(reference, exported, samples: list[Sample], config: ServingConfig, to
         raise ValueError("parity: these samples are not the test split the serving config was evaluated on")
     images = [s.image for s in samples]
     maps = predict_probs(exported, images, config.tta_sizes, flip=config.flip_tta)
-    metrics, _ = evaluate_served(maps, samples, config)
+    metrics, _ = evaluate(maps, samples, config.decoding)
     report = {"keras_dice": config.test_dice, "onnx_dice": metrics["dice"]}
     if config.classes:
         report.update(keras_map50=config.test_map50, onnx_map50=metrics["map50"])

@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.config import ConfigError, Limits, ServingConfig
 from pipeline.data.images import open_image, to_rgb
-from pipeline.evaluation.evaluate import served_faces
+from pipeline.evaluation.evaluate import decode_faces
 from pipeline.model.inference import predict_probs
 
 SERVED_FORMATS = ("JPEG", "PNG")
@@ -109,7 +109,7 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
                      threshold_ratio=config.threshold_ratio if ratio is None else ratio)
     rows = []
     for prob in predict_probs(model, images, config.tta_sizes, flip=config.flip_tta):
-        mask, found, labels = served_faces(prob, config)
+        mask, found, labels = decode_faces(prob, config.decoding)
         boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
