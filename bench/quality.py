@@ -39,13 +39,13 @@ PLAIN_COLUMNS = ["dice_plain", "pooled_dice_plain", "face_recall_plain", "infer_
 
 
 def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, save: str | None = None,
-             load: str | None = None, extra: list | None = None) -> dict:
+             load: str | None = None, extra: list | None = None, repeat: int = 1) -> dict:
     by_id = {s.image_id: s for s in samples}
     test = [by_id[i] for i in folds.index[folds == fold]]
     rest = [by_id[i] for i in folds.index[folds != fold]]
     images, boxes = to_tables(rest)
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
-    train = [by_id[i] for i in split.image_id[split.split == "train"]] + list(extra or [])
+    train = [by_id[i] for i in split.image_id[split.split == "train"]] * repeat + list(extra or [])
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
     if load:  # a fold model saved by an earlier run (same folds, checked in main): this run's evaluate settings
         path = os.path.join(load, f"fold{fold}.keras")
@@ -94,6 +94,8 @@ def main() -> None:
                         "ImageNet weights in ../shared)")
     parser.add_argument("--extra", action="append", default=[], metavar="TYPE:PATH",
                         help="another source trained on in every fold, e.g. voc:../shared/data/facemask-scenes")
+    parser.add_argument("--repeat", type=int, default=1, help="each fold's own training images this many times per epoch "
+                        "(weighs the data under test up against --extra sources)")
     parser.add_argument("--folds", type=int, default=5, help="how many of the k folds to run (1: quick mode)")
     parser.add_argument("--start", type=int, default=0, help="the first fold to run")
     parser.add_argument("-k", type=int, default=5, help="number of folds the data is cut into")
@@ -132,7 +134,7 @@ def main() -> None:
 
     rows = []
     for fold in range(args.start, min(args.start + args.folds, args.k)):
-        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load, extra))
+        rows.append(run_fold(params, samples, folds, fold, args.seed, args.save, args.load, extra, args.repeat))
         shown = [c for c in ["fold", *COLUMNS, *PLAIN_COLUMNS] if c in rows[0]]
         print(pd.DataFrame(rows)[shown].round(3).to_string(index=False), flush=True)
         if args.out:  # after every fold: a stopped run keeps the folds it finished (--start resumes)
@@ -140,7 +142,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     columns = [c for c in COLUMNS + PLAIN_COLUMNS if c in table]
     summary = table[columns].agg(["mean", "std"]).T
-    print(f"\npreset={args.preset} overrides={args.overrides} extra={args.extra} ({len(extra)} images) folds={args.folds}/{args.k} images={len(samples)} "
+    print(f"\npreset={args.preset} overrides={args.overrides} extra={args.extra} ({len(extra)} images) repeat={args.repeat} folds={args.folds}/{args.k} images={len(samples)} "
           f"cpus={os.cpu_count()}")
     print(" | ".join(f"{c} {summary.loc[c, 'mean']:.3f} ± {summary.loc[c, 'std']:.3f}"
                      for c in [*COLUMNS[:8], *PLAIN_COLUMNS[:3]] if c in summary.index))
