@@ -6,6 +6,7 @@
     python -m bench.quality --preset widerface --save runs/cv        # keep each fold's model ...
     python -m bench.quality --preset widerface --load runs/cv -S 'evaluate.tta_scales=[1.0,2.0]'  # ... re-score it
     python -m bench.quality --preset fast --extra voc:../shared/data/facemask-scenes   # more training data
+    python -m bench.quality --preset fast --extra voc:../shared/data/facemask-scenes --repeat 4   # ... its own images weighed up
 
 Each fold trains on the other folds (15% of them held out as val for early stopping and the
 threshold, or trained on too with train.use_val) with the same code as the DVC stages, then
