@@ -109,6 +109,8 @@ def main() -> None:
     saved.add_argument("--load", help="evaluate the fold models an earlier --save wrote to this folder instead of "
                         "training: evaluate.* overrides (test-time scales, threshold) are then measured in minutes")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be 1 or more, got {args.repeat}")
     if not 1 <= args.folds <= args.k - args.start:
         parser.error(f"--folds must be between 1 and {args.k - args.start} (-k {args.k}, --start {args.start})")
     logging.basicConfig(level=logging.WARNING)

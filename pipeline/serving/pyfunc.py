@@ -107,9 +107,9 @@ def predict_images(model, images: list[np.ndarray], config: ServingConfig, thres
     config = replace(config, threshold=config.threshold if threshold is None else threshold,
                      min_area=config.min_area if min_area is None else min_area,
                      threshold_ratio=config.threshold_ratio if ratio is None else ratio)
-    rows = []
+    rows, decoding = [], config.decoding
     for prob in predict_probs(model, images, config.tta_sizes, flip=config.flip_tta):
-        mask, found, labels = decode_faces(prob, config.decoding)
+        mask, found, labels = decode_faces(prob, decoding)
         boxes = [[int(b[0]), int(b[1]), int(b[2]), int(b[3]), round(float(b[4]), 4)] for b in found]
         rows.append({
             "mask": encode_image(mask * 255),
