@@ -310,8 +310,10 @@ class ServingConfig:
     @property
     def decoding(self) -> Decoding:
         """The post-processing settings, as `find_faces` takes them."""
-        return Decoding(self.threshold, self.min_area, self.separate_faces, self.threshold_ratio, self.classes, self.core_scale,
-                        (self.centre_threshold, self.centre_overlap) if self.centres else None, self.centre_rank_threshold)
+        return Decoding(threshold=self.threshold, min_area=self.min_area, separate=self.separate_faces,
+                        ratio=self.threshold_ratio, classes=self.classes, core_scale=self.core_scale,
+                        centres=(self.centre_threshold, self.centre_overlap) if self.centres else None,
+                        rank_threshold=self.centre_rank_threshold)
 
     @property
     def primary_metric(self) -> str:

@@ -63,8 +63,9 @@ def evaluate(probs: list[np.ndarray], samples: list[Sample], decoding: Decoding)
     for a lower threshold gets the boxes counted); all other figures are the served threshold's.
     """
     metrics, preds = score([decode_faces(p, decoding) for p in probs], samples, decoding.classes)
-    if decoding.ranked != decoding:
-        ranked, _ = score([decode_faces(p, decoding.ranked) for p in probs], samples, decoding.classes)
+    ranking = decoding.ranked
+    if ranking != decoding:
+        ranked, _ = score([decode_faces(p, ranking) for p in probs], samples, decoding.classes)
         metrics.update({k: v for k, v in ranked.items() if k.startswith("ap50") or k == "map50"})
     return metrics, preds
 
@@ -118,7 +119,8 @@ def evaluate_model(model, val: list[Sample], test: list[Sample], cfg: EvaluateCo
         if peak is None:
             peak = choose_centre_threshold(val_probs, val, grid, cfg.centre_overlap, len(classes))
         centres, chosen = (float(peak), cfg.centre_overlap), {"centre_threshold": round(float(peak), 4)}
-    decoding = Decoding(threshold, min_area, cfg.separate_faces, ratio, classes, core_scale, centres, cfg.centre_rank_threshold)
+    decoding = Decoding(threshold=threshold, min_area=min_area, separate=cfg.separate_faces, ratio=ratio, classes=classes,
+                        core_scale=core_scale, centres=centres, rank_threshold=cfg.centre_rank_threshold)
     metrics, preds = evaluate(probs(test), test, decoding)
     metrics.update(threshold=threshold, threshold_ratio=ratio, test_fingerprint=fingerprint(test), **chosen)
     return metrics, table, preds
