@@ -42,9 +42,11 @@ class SyntheticConfig:
 class SourceConfig:
     type: Literal["synthetic", "images_npy", "yolo", "voc", "widerface", "crops"]
     path: str | None
+    repeat: int = 1  # its training images this many times per epoch: a small source weighed up against a large one
 
     def __post_init__(self):
         _check(self.type == "synthetic" or bool(self.path), "data.sources", f"a {self.type!r} source needs a path")
+        _check(self.repeat >= 1, "data.sources", f"repeat must be 1 or more, got {self.repeat} (for {self.path or self.type})")
 
 
 @dataclass(frozen=True)

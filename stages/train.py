@@ -6,6 +6,7 @@ import mlflow
 
 from pipeline.config import assert_params_unchanged, load_params
 from pipeline.data.formats import fingerprint
+from pipeline.data.sources import weigh_sources
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.model.multi_worker import is_chief, weights_digest
 from pipeline.model.training import encoder_weights_note, learning_curves, summarize, train_model
@@ -17,7 +18,8 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 
 def main() -> None:
     params = load_params()
-    train, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
+    split, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
+    train = weigh_sources(split, params.data)  # each source's images as often per epoch as its `repeat` says
     if not is_chief():  # another machine of a multi-worker fit: it trains, the chief logs and writes
         model, _ = train_model(params.model, params.train, train, val, classes=params.data.classes)
         logging.info("train: worker done, trainable weights %s", weights_digest(model))
@@ -26,7 +28,7 @@ def main() -> None:
         note = encoder_weights_note(params.model)
         mlflow.set_tag("encoder_weights", note)
         logging.info("encoder weights: %s", note)
-        log_split("training", train, fingerprint(train))
+        log_split("training", split, fingerprint(split))
         log_split("validation", val, fingerprint(val))
         model, history = train_model(params.model, params.train, train, val, callbacks=[epoch_logger()],
                                      classes=params.data.classes)

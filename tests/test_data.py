@@ -197,3 +197,33 @@ def test_centre_targets_peak_at_each_face_and_hold_its_log_size_over_its_core():
     inside = (batch[1].numpy()[0, ..., 0] >= 0.5) & (sizes != 0).all(-1)  # a core's edge pixel may hold no size
     assert inside.any() and all(any(np.allclose(f, e, atol=1e-3) for e in expected)
                                 for f in np.unique(np.round(sizes[inside], 4), axis=0))
+
+
+def test_a_sources_repeat_lists_its_images_that_often_and_holds_each_once():
+    """`data.sources[k].repeat` weighs a small source up against a large one in every epoch: its
+    images come that many times, each still held once in memory, giving the very same examples."""
+    from pipeline.config import ConfigError, DataConfig, SourceConfig
+    from pipeline.data.sources import weigh_sources
+    from pipeline.data.synthetic import generate
+
+    samples = generate(5, 40, 72, 2, seed=4)
+    for k, s in enumerate(samples):
+        s.image_id = f"s{int(k >= 2)}-{k}"
+    cfg = DataConfig(sources=(SourceConfig("voc", "scenes"), SourceConfig("yolo", "wider", repeat=3)), labels={}, synthetic=None)
+    train = weigh_sources(samples, cfg)
+    assert [s.image_id for s in train] == ["s0-0", "s0-1"] + [f"s1-{k}" for k in (2, 3, 4) for _ in range(3)]
+    data = examples(train, 32)
+    assert data.n == 11
+    for i, s in enumerate(train):
+        x, y = data.load(i)
+        want_x, want_y = to_arrays([s], 32)
+        np.testing.assert_array_equal(x.numpy(), want_x[0])
+        np.testing.assert_array_equal(y.numpy(), want_y[0])
+    single = DataConfig(sources=(SourceConfig("yolo", "wider", repeat=2),), labels={}, synthetic=None)
+    assert len(weigh_sources(samples, single)) == 10
+    assert weigh_sources(samples, DataConfig(sources=cfg.sources[:1], labels={}, synthetic=None)) is samples
+    samples[0].image_id = "s2-0"
+    with pytest.raises(ValueError, match="'s2-0' names none of the 2 sources"):
+        weigh_sources(samples, cfg)
+    with pytest.raises(ConfigError, match="data.sources: repeat must be 1 or more, got 0"):
+        SourceConfig("yolo", "wider", repeat=0)

@@ -108,15 +108,18 @@ def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = ()
     """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
     one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
     memory stays flat however large the split; every epoch decodes and resizes again). Both give the
-    same examples for the same index."""
+    same examples for the same index. A sample listed several times (a source's `repeat`) is held once."""
     import tensorflow as tf
 
     layout = target_channels(len(classes), centres, face_weights)
     channels = layout.total
     log_sizes = tuple(range(channels)[layout.log_sizes]) if centres else ()
     if not stream:
-        x, y = (tf.constant(a) for a in to_arrays(samples, size, classes, core_scale, face_weights, centres))
-        return Examples(lambda i: (tf.gather(x, i), tf.gather(y, i)), len(samples), size, log_sizes)
+        held = {id(s): s for s in samples}  # one copy of each distinct sample, in first-seen order
+        row = {key: k for k, key in enumerate(held)}
+        x, y = (tf.constant(a) for a in to_arrays(list(held.values()), size, classes, core_scale, face_weights, centres))
+        rows = tf.constant([row[id(s)] for s in samples], tf.int64)
+        return Examples(lambda i: (tf.gather(x, rows[i]), tf.gather(y, rows[i])), len(samples), size, log_sizes)
 
     def prepare(i):
         x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights, centres)

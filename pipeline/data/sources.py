@@ -23,6 +23,25 @@ def iter_sources(cfg: DataConfig, report: formats.Report, limits: Limits) -> Ite
             yield k, sample
 
 
+def source_number(image_id: str, n_sources: int) -> int:
+    """Which source an extracted image came from (the `s<k>-` prefix `iter_sources` gives it)."""
+    if n_sources == 1:
+        return 0
+    prefix = image_id.split("-", 1)[0]
+    if not (prefix[:1] == "s" and prefix[1:].isdigit() and int(prefix[1:]) < n_sources):
+        raise ValueError(f"image id {image_id!r} names none of the {n_sources} sources (expected s0-... to s{n_sources - 1}-...)")
+    return int(prefix[1:])
+
+
+def weigh_sources(samples: list[formats.Sample], cfg: DataConfig) -> list[formats.Sample]:
+    """Each training sample as many times as its source's `repeat` asks, so a small source (WIDER's
+    crowds of tiny faces) is not drowned by a large one (facemask-scenes' close-ups) in every epoch."""
+    repeats = [s.repeat for s in cfg.sources]
+    if repeats == [1] * len(repeats):
+        return samples
+    return [s for s in samples for _ in range(repeats[source_number(s.image_id, len(repeats))])]
+
+
 class SourceCounts:
     """Per source: type, path, images, faces and faces per class, counted as the samples pass."""
 
