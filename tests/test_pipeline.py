@@ -107,12 +107,14 @@ def _find(tree, key: str):
 def test_a_queued_experiment_lands_in_the_same_store_and_records_what_ran(project):
     """A queued experiment (run by DVC's worker in a temporary copy) picks a preset that sets
     finetune_epochs 4 and overrides it with 2: DVC, MLflow and the training itself all say 2, and the
-    run, its model version and its alias land in the project's store."""
+    run, its model version and its alias land in the project's store. Its source's `repeat: 2` trains
+    on the same split's images twice an epoch."""
     (project / "conf/preset/quick.yaml").write_text("# @package _global_\npreset: quick\ntrain:\n  warmup_epochs: 1\n"
                                                      "  finetune_epochs: 4\n")
     sh(project, "git", "add", "conf/preset/quick.yaml")
     sh(project, "git", "commit", "-qm", "a quick preset")
-    sh(project, "dvc", "exp", "run", "--queue", "-S", "preset=quick", "-S", "train.finetune_epochs=2")
+    sh(project, "dvc", "exp", "run", "--queue", "-S", "preset=quick", "-S", "train.finetune_epochs=2",
+       "-S", "data.sources=[{type:synthetic,path:null,repeat:2}]")
     sh(project, "dvc", "exp", "run", "--run-all", timeout=900)
     c = client(project)
     runs = c.search_runs([c.get_experiment_by_name("facemask").experiment_id])
@@ -121,6 +123,9 @@ def test_a_queued_experiment_lands_in_the_same_store_and_records_what_ran(projec
     assert quick.data.params["preset"] == "quick" and quick.data.params["train.finetune_lr"] == str(TINY["train"]["finetune_lr"])
     assert quick.data.params["train.finetune_epochs"] == "2" and quick.data.params["train.warmup_epochs"] == "1"
     assert len(c.get_metric_history(quick.info.run_id, "train/loss")) == 1 + 2  # what trained
+    (first,) = [r for r in runs if r is not quick]
+    assert quick.data.metrics["data/n_train"] == 2 * first.data.metrics["data/n_train"]  # the same split, twice
+    assert "repeat': 2" in quick.data.params["data.sources"] and "synthetic x2 an epoch" in quick.data.tags["mlflow.note.content"]
     assert "test/dice" in quick.data.metrics
     versions = c.search_model_versions("name = 'face-segmenter'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
