@@ -20,7 +20,7 @@ def test_repro_tracks_one_run_and_registers_the_champion(project):
     run = runs[0]
     assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
     assert not (project / "mlruns").exists()
-    assert run.data.params["model.input_size"] == "64" and run.data.params["data.sources"] == "[{'type': 'synthetic', 'path': None}]"
+    assert run.data.params["model.input_size"] == "64" and run.data.params["data.sources"] == "[{'type': 'synthetic', 'path': None, 'repeat': 1}]"
     assert run.data.tags["encoder_weights"].startswith("random init")
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     assert len(c.get_metric_history(run.info.run_id, "val/dice")) == json.loads((project / "metrics/train.json").read_text())["epochs_run"]
