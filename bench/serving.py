@@ -5,13 +5,16 @@
     python -m bench.serving --preset widerface --preset fast --no-http   # architectures only: latency, no dice
     python -m bench.serving --preset fast -S '++data.labels={with_mask:with_mask,without_mask:without_mask}'  # + labels
     python -m bench.serving --model models:/face-segmenter@champion --plot frontier.png --out serving.csv
+    python -m bench.serving --preset course --preset fast --cv course=docs/cv/course.csv --cv fast=docs/cv/fast.csv \
+        --no-http --plot frontier.png                          # one point per preset and engine: 5-fold dice
 
 Latency is one 640x480 JPEG through the whole served path (decode, every pass, postprocess),
 p50/p95, 2 cores as the machine has them; images/s in batches of 8. Dice and face recall are
 measured on the workspace's test split when it is the one the model was evaluated on (same
 fingerprint), else left empty. `--preset` builds a preset's network with random weights: its
-latency is real, it has no quality. The registered models are then served by `mlflow models
-serve` (started here on a free port, or `--url`) and timed over HTTP with keep-alive.
+latency is real; its quality is the 5-fold dice of `--cv PRESET=CSV` (a `bench.quality --out`
+table). The registered models are then served by `mlflow models serve` (started here on a free
+port, or `--url`) and timed over HTTP with keep-alive.
 `--plot` draws dice against p50 (the quality/latency frontier) and logs it into each model's run.
 """
 
@@ -125,8 +128,17 @@ def quality(segmenter: FaceSegmenter) -> dict[str, float]:
         return {}
     probs = predict_probs(segmenter.model, [s.image for s in test], config.tta_sizes, flip=config.flip_tta)
     metrics, _ = evaluate(probs, test, config.decoding)
-    return {"dice": metrics["dice"], "face_recall": metrics["face_recall"], **({"map50": metrics["map50"]}
-                                                                                if config.classes else {})}
+    labels = {"map50": metrics["map50"]} if config.classes else {}
+    return {"dice": metrics["dice"], "face_recall": metrics["face_recall"], "dice_on": "test split", **labels}
+
+
+def cv_quality(path: str) -> dict[str, float | str]:
+    """A preset's quality from its cross-validation table: the mean over folds, as bench.quality prints it."""
+    table = pd.read_csv(path)
+    if "dice" not in table or table.empty:
+        raise SystemExit(f"--cv {path}: not a bench.quality table (no dice column, or no folds)")
+    return {"dice": table["dice"].mean(), "face_recall": table["face_recall"].mean() if "face_recall" in table else np.nan,
+            "dice_on": f"{len(table)}-fold CV"}
 
 
 def in_process(segmenter: FaceSegmenter) -> Callable[[list[str]], object]:
@@ -149,21 +161,25 @@ def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict)
 
 
 def frontier(table: pd.DataFrame, path: str) -> None:
-    """Dice against p50 latency, one point per model, engine and size (in-process rows with a dice)."""
+    """Dice against p50 latency, one point per model or preset, engine and size (in-process rows with a dice)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "dice" not in table:
+        raise SystemExit(f"--plot {path}: no row has a dice (a --model evaluated on this workspace's test split, or --cv)")
     points = table[table["where"] == "in-process"].dropna(subset=["dice"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for (name, engine), group in points.groupby(["model", "engine"]):
-        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine})")
+        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine}; {group['dice_on'].iloc[0]})")
         for _, r in group.iterrows():
             ax.annotate(f"{r.input_px}px", (r.p50_ms, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axvline(100, color="grey", ls=":", label="100 ms budget")
+    ax.set_xscale("log")  # one pass and eight passes on one axis
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("p50 latency, one 640x480 JPEG, in-process (ms)")
-    ax.set_ylabel("test dice")
+    ax.set_ylabel("dice")
     ax.set_title("Quality against latency")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -175,6 +191,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="a registered model URI (repeatable); "
                         "default: models:/face-segmenter@champion unless --preset is given")
     parser.add_argument("--preset", action="append", default=[], help="a preset's network, random weights (repeatable)")
+    parser.add_argument("--cv", action="append", default=[], metavar="PRESET=CSV",
+                        help="a --preset's quality: its bench.quality table (5-fold dice on real faces)")
     parser.add_argument("-S", dest="overrides", action="append", default=[],
                         help="a param override for the --preset networks, e.g. 'model.input_size=384'")
     parser.add_argument("--engines", nargs="+", default=["keras", "onnx"], choices=["keras", "onnx"])
@@ -186,6 +204,11 @@ def main() -> None:
     parser.add_argument("--plot", help="write the dice/latency frontier as PNG and log it into each model's run")
     args = parser.parse_args()
     models = args.model or ([] if args.preset else ["models:/face-segmenter@champion"])
+    if bad := [spec for spec in args.cv if "=" not in spec]:
+        parser.error(f"--cv takes PRESET=CSV, got {bad}")
+    cv = dict(spec.split("=", 1) for spec in args.cv)
+    if unknown := set(cv) - set(args.preset):
+        parser.error(f"--cv for {sorted(unknown)}, which is not a --preset")
     images, rows = photos(8), []
     mlflow.set_tracking_uri(tracking_uri())
     for preset in args.preset:
@@ -193,7 +216,7 @@ def main() -> None:
             segmenter = preset_model(preset, engine, args.overrides)
             name = f"preset {preset}" + (" " + " ".join(args.overrides) if args.overrides else "")
             rows.append(row(name, segmenter.config, "in-process",
-                            measure(in_process(segmenter), images, args.repeats), {}))
+                            measure(in_process(segmenter), images, args.repeats), cv_quality(cv[preset]) if preset in cv else {}))
             print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
     for uri in models:
         served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
