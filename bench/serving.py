@@ -156,8 +156,9 @@ def over_http(url: str) -> Callable[[list[str]], object]:
 
 
 def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict) -> dict:
-    return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes), "tta_passes":
-            len(config.tta_sizes) * (2 if config.flip_tta else 1), "where": where, **speed, **scores}
+    return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes),
+            "pass_px": "+".join(map(str, config.tta_sizes)), "tta_passes": len(config.tta_sizes) * (2 if config.flip_tta else 1),
+            "where": where, **speed, **scores}
 
 
 def frontier(table: pd.DataFrame, path: str) -> None:
@@ -172,12 +173,15 @@ def frontier(table: pd.DataFrame, path: str) -> None:
     points = table[table["where"] == "in-process"].dropna(subset=["dice"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for (name, engine), group in points.groupby(["model", "engine"]):
-        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine}; {group['dice_on'].iloc[0]})")
-        for _, r in group.iterrows():
+        sizes = "" if len(group) > 1 else f", {group['pass_px'].iloc[0]} px"  # several sizes: each point says its own
+        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine}{sizes}; {group['dice_on'].iloc[0]})")
+        for _, r in group.iterrows() if len(group) > 1 else ():
             ax.annotate(f"{r.input_px}px", (r.p50_ms, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axvline(100, color="grey", ls=":", label="100 ms budget")
     ax.set_xscale("log")  # one pass and eight passes on one axis
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("p50 latency, one 640x480 JPEG, in-process (ms)")
     ax.set_ylabel("dice")
     ax.set_title("Quality against latency")
