@@ -156,9 +156,9 @@ def over_http(url: str) -> Callable[[list[str]], object]:
 
 
 def row(name: str, config: ServingConfig, where: str, speed: dict, scores: dict) -> dict:
+    passes = len(config.tta_sizes) * (2 if config.flip_tta else 1)
     return {"model": name, "engine": config.engine, "input_px": config.input_size, "classes": len(config.classes),
-            "pass_px": "+".join(map(str, config.tta_sizes)), "tta_passes": len(config.tta_sizes) * (2 if config.flip_tta else 1),
-            "where": where, **speed, **scores}
+            "pass_px": "+".join(map(str, config.tta_sizes)), "tta_passes": passes, "where": where, **speed, **scores}
 
 
 def frontier(table: pd.DataFrame, path: str) -> None:
@@ -173,10 +173,13 @@ def frontier(table: pd.DataFrame, path: str) -> None:
     points = table[table["where"] == "in-process"].dropna(subset=["dice"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for (name, engine), group in points.groupby(["model", "engine"]):
-        sizes = "" if len(group) > 1 else f", {group['pass_px'].iloc[0]} px"  # several sizes: each point says its own
-        ax.plot(group["p50_ms"], group["dice"], "o-", label=f"{name} ({engine}{sizes}; {group['dice_on'].iloc[0]})")
-        for _, r in group.iterrows() if len(group) > 1 else ():
-            ax.annotate(f"{r.input_px}px", (r.p50_ms, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if len(group) == 1:  # one size: the legend names it
+            label = f"{name} ({engine}, {group['pass_px'].iloc[0]} px; {group['dice_on'].iloc[0]})"
+        else:  # several sizes: each point names its own
+            label = f"{name} ({engine}; {group['dice_on'].iloc[0]})"
+            for _, r in group.iterrows():
+                ax.annotate(f"{r.input_px}px", (r.p50_ms, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot(group["p50_ms"], group["dice"], "o-", label=label)
     ax.axvline(100, color="grey", ls=":", label="100 ms budget")
     ax.set_xscale("log")  # one pass and eight passes on one axis
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
@@ -219,8 +222,8 @@ def main() -> None:
         for engine in args.engines:
             segmenter = preset_model(preset, engine, args.overrides)
             name = f"preset {preset}" + (" " + " ".join(args.overrides) if args.overrides else "")
-            rows.append(row(name, segmenter.config, "in-process",
-                            measure(in_process(segmenter), images, args.repeats), cv_quality(cv[preset]) if preset in cv else {}))
+            scores = cv_quality(cv[preset]) if preset in cv else {}
+            rows.append(row(name, segmenter.config, "in-process", measure(in_process(segmenter), images, args.repeats), scores))
             print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
     for uri in models:
         served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
