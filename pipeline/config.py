@@ -54,9 +54,14 @@ class DataConfig:
     sources: tuple[SourceConfig, ...]
     labels: dict[str, str]  # a source's box label (VOC <name>) -> mask-wearing class; empty: faces only
     synthetic: SyntheticConfig
+    class_repeat: dict[str, int] = dataclasses.field(default_factory=dict)  # class -> its images' times per epoch
 
     def __post_init__(self):
         _check(len(self.sources) > 0, "data.sources", "must list at least one source")
+        for name, times in self.class_repeat.items():
+            _check(name in self.classes, "data.class_repeat",
+                   f"{name!r} is none of the classes data.labels makes ({', '.join(self.classes) or 'none: faces only'})")
+            _check(times >= 1, "data.class_repeat", f"{name}: must be 1 or more, got {times}")
 
     @property
     def name(self) -> str:

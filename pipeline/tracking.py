@@ -116,7 +116,8 @@ def describe_run(params: Params, baseline: dict | None, commit: str | None) -> s
     """The run's description (the UI's Description box): data, weights, preset, what changed."""
     lines = [f"Caveat: {params.caveat}." if params.caveat else "",
              "Data: " + " + ".join(s.type + (f" ({s.path})" if s.path else "") + (f" x{s.repeat} an epoch" if s.repeat > 1 else "")
-                                   for s in params.data.sources) + ".",
+                                   for s in params.data.sources) + "."
+             + "".join(f" Images with {c} faces x{n} an epoch." for c, n in params.data.class_repeat.items()),
              f"Encoder weights: {params.model.weights}; preset: {params.preset}."]
     if baseline is None:
         lines.append("No baseline params to compare with (not a git checkout).")

@@ -6,7 +6,7 @@ import mlflow
 
 from pipeline.config import assert_params_unchanged, load_params
 from pipeline.data.formats import fingerprint
-from pipeline.data.sources import weigh_sources
+from pipeline.data.sources import weigh_samples
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.model.multi_worker import is_chief, weights_digest
 from pipeline.model.training import encoder_weights_note, learning_curves, summarize, train_model
@@ -19,7 +19,7 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 def main() -> None:
     params = load_params()
     split, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
-    train = weigh_sources(split, params.data)  # each source's images as often per epoch as its `repeat` says
+    train = weigh_samples(split, params.data)  # as often per epoch as data.sources[k].repeat and data.class_repeat say
     if not is_chief():  # another machine of a multi-worker fit: it trains, the chief logs and writes
         model, _ = train_model(params.model, params.train, train, val, classes=params.data.classes)
         logging.info("train: worker done, trainable weights %s", weights_digest(model))

@@ -203,14 +203,14 @@ def test_a_sources_repeat_lists_its_images_that_often_and_holds_each_once():
     """`data.sources[k].repeat` weighs a small source up against a large one in every epoch: its
     images come that many times, each still held once in memory, giving the very same examples."""
     from pipeline.config import ConfigError, DataConfig, SourceConfig
-    from pipeline.data.sources import weigh_sources
+    from pipeline.data.sources import weigh_samples
     from pipeline.data.synthetic import generate
 
     samples = generate(5, 40, 72, 2, seed=4)
     for k, s in enumerate(samples):
         s.image_id = f"s{int(k >= 2)}-{k}"
     cfg = DataConfig(sources=(SourceConfig("voc", "scenes"), SourceConfig("yolo", "wider", repeat=3)), labels={}, synthetic=None)
-    train = weigh_sources(samples, cfg)
+    train = weigh_samples(samples, cfg)
     assert [s.image_id for s in train] == ["s0-0", "s0-1"] + [f"s1-{k}" for k in (2, 3, 4) for _ in range(3)]
     data = examples(train, 32)
     assert data.n == 11
@@ -220,10 +220,34 @@ def test_a_sources_repeat_lists_its_images_that_often_and_holds_each_once():
         np.testing.assert_array_equal(x.numpy(), want_x[0])
         np.testing.assert_array_equal(y.numpy(), want_y[0])
     single = DataConfig(sources=(SourceConfig("yolo", "wider", repeat=2),), labels={}, synthetic=None)
-    assert len(weigh_sources(samples, single)) == 10
-    assert weigh_sources(samples, DataConfig(sources=cfg.sources[:1], labels={}, synthetic=None)) is samples
+    assert len(weigh_samples(samples, single)) == 10
+    assert weigh_samples(samples, DataConfig(sources=cfg.sources[:1], labels={}, synthetic=None)) is samples
     samples[0].image_id = "s2-0"
     with pytest.raises(ValueError, match="'s2-0' names none of the 2 sources"):
-        weigh_sources(samples, cfg)
+        weigh_samples(samples, cfg)
     with pytest.raises(ConfigError, match="data.sources: repeat must be 1 or more, got 0"):
         SourceConfig("yolo", "wider", repeat=0)
+
+
+def test_class_repeat_lists_images_holding_a_rare_class_that_often_times_their_sources_repeat():
+    """`data.class_repeat` shows the images holding a rare class's faces more often per epoch (their
+    largest class's count, times the source's repeat); images of other classes or without labels once."""
+    from pipeline.config import ConfigError, DataConfig, SourceConfig
+    from pipeline.data.sources import weigh_samples
+    from pipeline.data.synthetic import generate
+
+    samples = generate(4, 40, 72, 1, seed=4)
+    for s, image_id, labels in zip(samples, ["s0-a", "s0-b", "s0-c", "s1-d"],
+                                   [["with_mask", "incorrect"], ["with_mask"], ["without_mask"], [None]]):
+        s.image_id, s.labels, s.boxes = image_id, labels, [(1, 1, 9, 9)] * len(labels)
+    labels = {"with_mask": "with_mask", "without_mask": "without_mask", "mask_weared_incorrect": "incorrect"}
+    cfg = DataConfig(sources=(SourceConfig("voc", "scenes"), SourceConfig("yolo", "wider", repeat=2)), labels=labels,
+                     synthetic=None, class_repeat={"incorrect": 3, "without_mask": 2})
+    assert [s.image_id for s in weigh_samples(samples, cfg)] == ["s0-a"] * 3 + ["s0-b"] + ["s0-c"] * 2 + ["s1-d"] * 2
+    with pytest.raises(ConfigError, match=r"data.class_repeat: 'incorect' is none of the classes data.labels makes "
+                                          r"\(incorrect, with_mask, without_mask\)"):
+        DataConfig(sources=cfg.sources, labels=labels, synthetic=None, class_repeat={"incorect": 3})
+    with pytest.raises(ConfigError, match="data.class_repeat: incorrect: must be 1 or more, got 0"):
+        DataConfig(sources=cfg.sources, labels=labels, synthetic=None, class_repeat={"incorrect": 0})
+    with pytest.raises(ConfigError, match="none: faces only"):
+        DataConfig(sources=cfg.sources, labels={}, synthetic=None, class_repeat={"incorrect": 2})

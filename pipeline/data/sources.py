@@ -33,13 +33,20 @@ def source_number(image_id: str, n_sources: int) -> int:
     return int(prefix[1:])
 
 
-def weigh_sources(samples: list[formats.Sample], cfg: DataConfig) -> list[formats.Sample]:
-    """Each training sample as many times as its source's `repeat` asks, so a small source (WIDER's
-    crowds of tiny faces) is not drowned by a large one (facemask-scenes' close-ups) in every epoch."""
+def weigh_samples(samples: list[formats.Sample], cfg: DataConfig) -> list[formats.Sample]:
+    """Each training sample as many times per epoch as its source's `repeat` times the largest
+    `class_repeat` of its faces' classes: a small source (WIDER's crowds of tiny faces) is not drowned
+    by a large one (facemask-scenes' close-ups), and a rare class (3% `incorrect`) is seen in more
+    crops and augmentations, where a larger loss weight alone would only scale its few views up."""
     repeats = [s.repeat for s in cfg.sources]
-    if repeats == [1] * len(repeats):
+    if repeats == [1] * len(repeats) and not cfg.class_repeat:
         return samples
-    return [s for s in samples for _ in range(repeats[source_number(s.image_id, len(repeats))])]
+
+    def times(s: formats.Sample) -> int:
+        by_class = max((cfg.class_repeat.get(label, 1) for label in s.labels if label), default=1)
+        return repeats[source_number(s.image_id, len(repeats))] * by_class
+
+    return [s for s in samples for _ in range(times(s))]
 
 
 class SourceCounts:
