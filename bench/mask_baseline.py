@@ -90,29 +90,38 @@ def resized(images: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 
 
-def features(base, crops: np.ndarray) -> tuple[np.ndarray, float]:
-    """Global-average-pooled features of the frozen encoder, and images/s."""
+def preprocess(crops: np.ndarray) -> np.ndarray:
     import keras
 
+    return keras.applications.mobilenet.preprocess_input(crops.astype(np.float32))
+
+
+def balanced_targets(labels: list[str], classes: list[str]) -> tuple[np.ndarray, dict[int, float]]:
+    """Class indices and scikit-learn's balanced class weights, as Keras' `fit` takes them."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([classes.index(label) for label in labels])
+    return y, dict(enumerate(compute_class_weight("balanced", classes=np.arange(len(classes)), y=y)))
+
+
+def features(base, crops: np.ndarray) -> tuple[np.ndarray, float]:
+    """Global-average-pooled features of the frozen encoder, and images/s."""
     start = time.perf_counter()
-    x = keras.applications.mobilenet.preprocess_input(crops.astype(np.float32))
-    out = base.predict(x, batch_size=64, verbose=0)
+    out = base.predict(preprocess(crops), batch_size=64, verbose=0)
     return out, len(crops) / (time.perf_counter() - start)
 
 
 def train_head(x: np.ndarray, labels: list[str], classes: list[str], seed: int, epochs: int):
     """Dense(128) + dropout + softmax on the features, balanced class weights: (model, seconds)."""
     import keras
-    from sklearn.utils.class_weight import compute_class_weight
 
     keras.utils.set_random_seed(seed)
-    y = np.array([classes.index(label) for label in labels])
-    weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=y)
+    y, weights = balanced_targets(labels, classes)
     head = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Dense(128, activation="relu"),
                              keras.layers.Dropout(0.5), keras.layers.Dense(len(classes), activation="softmax")])
     head.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     start = time.perf_counter()
-    head.fit(x, y, batch_size=64, epochs=epochs, class_weight=dict(enumerate(weights)), verbose=0)
+    head.fit(x, y, batch_size=64, epochs=epochs, class_weight=weights, verbose=0)
     return head, time.perf_counter() - start
 
 
@@ -121,18 +130,15 @@ def finetune(base, head, crops: np.ndarray, labels: list[str], classes: list[str
     inference mode, as Keras' transfer-learning guide does): what a crop classifier in the served
     model would be, rather than the classic frozen features. Updates both in place; returns seconds."""
     import keras
-    from sklearn.utils.class_weight import compute_class_weight
 
     keras.utils.set_random_seed(seed)
-    y = np.array([classes.index(label) for label in labels])
-    weights = compute_class_weight("balanced", classes=np.arange(len(classes)), y=y)
+    y, weights = balanced_targets(labels, classes)
     inputs = keras.Input(crops.shape[1:])
     model = keras.Model(inputs, head(base(keras.layers.RandomFlip("horizontal", seed=seed)(inputs), training=False)))
     base.trainable = True
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy")
     start = time.perf_counter()
-    model.fit(keras.applications.mobilenet.preprocess_input(crops.astype(np.float32)), y, batch_size=32, epochs=epochs,
-              class_weight=dict(enumerate(weights)), verbose=0)
+    model.fit(preprocess(crops), y, batch_size=32, epochs=epochs, class_weight=weights, verbose=0)
     return time.perf_counter() - start
 
 

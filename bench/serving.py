@@ -219,10 +219,10 @@ def main() -> None:
     images, rows = photos(8), []
     mlflow.set_tracking_uri(tracking_uri())
     for preset in args.preset:
+        name = f"preset {preset}" + (" " + " ".join(args.overrides) if args.overrides else "")
+        scores = cv_quality(cv[preset]) if preset in cv else {}  # the same network's 5-fold figures for every engine
         for engine in args.engines:
             segmenter = preset_model(preset, engine, args.overrides)
-            name = f"preset {preset}" + (" " + " ".join(args.overrides) if args.overrides else "")
-            scores = cv_quality(cv[preset]) if preset in cv else {}
             rows.append(row(name, segmenter.config, "in-process", measure(in_process(segmenter), images, args.repeats), scores))
             print(pd.DataFrame(rows[-1:]).round(2).to_string(index=False), flush=True)
     for uri in models:
