@@ -32,7 +32,7 @@ from pipeline.data.sources import read_sources
 from pipeline.data.split import kfold, split_dataset
 from pipeline.evaluation.evaluate import evaluate_model
 from pipeline.model.network import load_model
-from pipeline.model.training import summarize, train_model
+from pipeline.model.training import summarize, train_model, training_images
 
 COLUMNS = ["dice", "iou", "pooled_dice", "face_recall", "face_recall_small", "face_recall_medium", "face_recall_large",
            "face_precision", "threshold", "epochs_run", "train_img_s", "infer_img_s", "train_s"]
@@ -46,8 +46,9 @@ def run_fold(params: Params, samples, folds: pd.Series, fold: int, seed: int, sa
     rest = [by_id[i] for i in folds.index[folds != fold]]
     images, boxes = to_tables(rest)
     split = split_dataset(images, boxes, val=0.15, test=0.0, seed=seed)
-    train = [by_id[i] for i in split.image_id[split.split == "train"]] * repeat + list(extra or [])
     val = [by_id[i] for i in split.image_id[split.split == "val"]]
+    own = training_images(params.train, [by_id[i] for i in split.image_id[split.split == "train"]], val)
+    train = own * repeat + list(extra or [])
     if load:  # a fold model saved by an earlier run (same folds, checked in main): this run's evaluate settings
         path = os.path.join(load, f"fold{fold}.keras")
         if not os.path.isfile(path):

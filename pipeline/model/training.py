@@ -106,7 +106,8 @@ def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample]) ->
 
     On a small data set the val images are worth more as training data than as a judge: the
     last epoch is kept instead of the best val epoch, and `evaluate.threshold` replaces the
-    threshold val would choose (both rules are checked in `Params`).
+    threshold val would choose (both rules are checked in `Params`). Callers add them before any
+    repeat (`data.sources[k].repeat`, `--repeat`), so a val image is weighed as its source's others.
     """
     return train + val if cfg.use_val else train
 
@@ -137,14 +138,14 @@ def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], v
     With `train.ensemble: N > 1`, N members are trained with seeds seed, seed+1, ... (weights
     init, crops and augmentation all differ; `train.finetune_epochs` may give each its own length)
     and returned as one model averaging their outputs.
-    With `train.use_val`, `val` is trained on too (see `training_images`). With `classes`
+    `train` is every image the fit learns from, as often as an epoch shows it (`training_images` adds
+    the val split with `train.use_val`); `val` is what it validates on. With `classes`
     (`data.classes`), the model also outputs each pixel's mask-wearing class probabilities.
     """
     import tensorflow as tf
 
     strategy = distribution(cfg.distribute)  # first: a multi-worker strategy must exist before any other op
     size, members = model_cfg.input_size, cfg.ensemble
-    train = training_images(cfg, train, val)
     tf.config.experimental.enable_op_determinism()
     weights = model_cfg.weights if model_cfg.weights in ("none", "imagenet") else str(resolve_path(model_cfg.weights))
     data = tuple(examples(split, size, classes, cfg.stream, model_cfg.core_scale, cfg.face_weights, model_cfg.centres)
@@ -185,7 +186,7 @@ def summarize(history: pd.DataFrame, cfg: TrainConfig, train: list[Sample], val:
     `train.use_val` (whose val dice is then measured on training images)."""
     best = history.groupby("member").tail(1) if cfg.use_val else history.loc[history.groupby("member")["val_dice"].idxmax()]
     return {
-        "n_train": len(training_images(cfg, train, val)),
+        "n_train": len(train),
         "n_val": len(val),
         "best_val_dice": float(best["val_dice"].mean()),
         "best_epoch": int(best["epoch"].iloc[-1]),
