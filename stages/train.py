@@ -6,7 +6,6 @@ import mlflow
 
 from pipeline.config import assert_params_unchanged, load_params
 from pipeline.data.formats import fingerprint
-from pipeline.data.sources import weigh_samples
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.model.multi_worker import is_chief, weights_digest
 from pipeline.model.training import encoder_weights_note, learning_curves, summarize, train_model, training_images
@@ -19,9 +18,7 @@ METRICS, HISTORY = "metrics/train.json", "plots/train_history.csv"
 def main() -> None:
     params = load_params()
     split, val = (split_samples(name, lazy=params.train.stream) for name in ("train", "val"))
-    # What an epoch shows: the train split (and val with train.use_val), each image as often as
-    # data.sources[k].repeat and data.class_repeat say.
-    train = weigh_samples(training_images(params.train, split, val), params.data)
+    train = training_images(params.train, split, val, params.data)  # as often per epoch as the repeats say
     if not is_chief():  # another machine of a multi-worker fit: it trains, the chief logs and writes
         model, _ = train_model(params.model, params.train, train, val, classes=params.data.classes)
         logging.info("train: worker done, trainable weights %s", weights_digest(model))

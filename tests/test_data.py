@@ -251,3 +251,23 @@ def test_class_repeat_lists_images_holding_a_rare_class_that_often_times_their_s
         DataConfig(sources=cfg.sources, labels=labels, synthetic=None, class_repeat={"incorrect": 0})
     with pytest.raises(ConfigError, match="none: faces only"):
         DataConfig(sources=cfg.sources, labels={}, synthetic=None, class_repeat={"incorrect": 2})
+
+
+def test_val_images_trained_on_are_repeated_as_their_sources_train_images():
+    """With `train.use_val` the val split joins an epoch before the repeats: a val image of a source
+    with `repeat: 2` comes twice, as that source's train images do (not once, after them)."""
+    from dataclasses import replace
+
+    from pipeline.config import DataConfig, SourceConfig
+    from pipeline.data.synthetic import generate
+    from pipeline.model.training import training_images
+    from tests.conftest import PARAMS
+
+    train, val = generate(3, 40, 72, 1, seed=4), generate(2, 40, 72, 1, seed=5)
+    for s, image_id in zip(train + val, ["s0-a", "s1-b", "s1-c", "s0-d", "s1-e"]):
+        s.image_id = image_id
+    data = DataConfig(sources=(SourceConfig("voc", "scenes"), SourceConfig("yolo", "wider", repeat=2)), labels={},
+                      synthetic=None)
+    ids = [s.image_id for s in training_images(replace(PARAMS.train, use_val=True, patience=0), train, val, data)]
+    assert ids == ["s0-a"] + ["s1-b"] * 2 + ["s1-c"] * 2 + ["s0-d"] + ["s1-e"] * 2
+    assert [s.image_id for s in training_images(replace(PARAMS.train, use_val=False), train, val, data)] == ids[:5]

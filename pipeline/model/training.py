@@ -9,9 +9,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.config import ModelConfig, TrainConfig, resolve_path
+from pipeline.config import DataConfig, ModelConfig, TrainConfig, resolve_path
 from pipeline.data.dataset import Examples, examples, make_dataset, validation_dataset
 from pipeline.data.formats import Sample
+from pipeline.data.sources import weigh_samples
 from pipeline.model.losses import FaceAndClassLoss, dice, get_loss
 from pipeline.model.multi_worker import fit_multi_worker
 from pipeline.model.network import average_models, build_unet, set_trainable
@@ -101,15 +102,16 @@ def fit(model: keras.Model, train: Examples, val: Examples, cfg: TrainConfig,
     return pd.DataFrame(rows)
 
 
-def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample]) -> list[Sample]:
-    """The images a fit learns from: the train split, plus the val split with `train.use_val`.
+def training_images(cfg: TrainConfig, train: list[Sample], val: list[Sample], data: DataConfig | None = None) -> list[Sample]:
+    """What an epoch shows: the train split, plus the val split with `train.use_val`, each image as
+    often as `data`'s source and class repeats say (`weigh_samples`), val images as their source's others.
 
     On a small data set the val images are worth more as training data than as a judge: the
     last epoch is kept instead of the best val epoch, and `evaluate.threshold` replaces the
-    threshold val would choose (both rules are checked in `Params`). Callers add them before any
-    repeat (`data.sources[k].repeat`, `--repeat`), so a val image is weighed as its source's others.
+    threshold val would choose (both rules are checked in `Params`).
     """
-    return train + val if cfg.use_val else train
+    images = train + val if cfg.use_val else train
+    return weigh_samples(images, data) if data is not None else images
 
 
 def class_weights(samples: list[Sample], classes: tuple[str, ...], kind: str = "balanced") -> list[float]:
