@@ -21,6 +21,8 @@ Without it, three measurements, each printed with its cost:
   (the pipeline's seeded split, stratified by class), 3 classes;
 - crops -> scenes: trained on facemask-crops' folders, tested on the same scene faces (2 classes);
 - scenes -> crops: the scenes model on facemask-crops (2 classes; `incorrect` answers count as wrong).
+  With `--project`, ours labels each crop alone and centred in a frame twice its side (`--canvas`):
+  a crop filling the frame is a face far larger than any it trained on.
 True boxes, so this is the classifier's share only: the detector's misses come on top.
 """
 
@@ -229,15 +231,31 @@ def compare_on_project(project: Path, args, weights: str) -> None:
     files = folder_files(resolve_path(args.crops))
     pick = sorted(np.random.default_rng(seed).choice(len(files), size=min(args.crops_sample, len(files)), replace=False))
     images, truth_crops = decode([files[i] for i in pick], config.limits)  # only the sampled crops are decoded
-    ours_crops = []
-    for p in predict_probs(model, images, config.tta_sizes, flip=config.flip_tta):
-        mask, h, w = (p[..., 0] >= config.threshold).astype(np.uint8), *p.shape[:2]
-        ours_crops.append(label_faces(p[..., 1:], mask, np.array([[0, 0, w, h]]), classes)[0][0])
     classic_crops = [label for label, _ in classify(base, head, list(resized(images, args.crop)), list(classes))]
-    for name, labels in (("ours", ours_crops), ("classic", classic_crops)):
+    answers = {"classic (the crop is its input)": classic_crops}
+    for side in args.canvas:  # ours sees a whole photo: the crop as one, or as a face in a larger frame
+        placed = [on_canvas(image, side) for image in images]
+        ours_crops = []
+        for p, (_, box) in zip(predict_probs(model, [c for c, _ in placed], config.tta_sizes, flip=config.flip_tta), placed):
+            mask = (p[..., 0] >= config.threshold).astype(np.uint8)
+            ours_crops.append(label_faces(p[..., 1:], mask, box, classes)[0][0])
+        answers[f"ours, the crop {side:g} of the frame's side"] = ours_crops
+    for name, labels in answers.items():
         right = sum(p == t for p, t in zip(labels, truth_crops))
         print(f"scenes -> crops, {name}: accuracy {right / len(labels):.3f} on {len(labels)} crops of {args.crops} "
               f"(seeded sample; an `incorrect` answer counts as wrong)")
+
+
+def on_canvas(image: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """The crop centred in a frame `1 / side` times its size, filled with its mean colour, and its box:
+    a face at the scale of a face in a photo, where a whole-frame crop is a scale the segmenter never trains on."""
+    h, w = image.shape[:2]
+    height, width = round(h / side), round(w / side)
+    frame = np.empty((height, width, 3), np.uint8)
+    frame[:] = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    frame[top:top + h, left:left + w] = image
+    return frame, np.array([[left, top, left + w, top + h]])
 
 
 def main() -> None:
@@ -252,6 +270,9 @@ def main() -> None:
                         help="then train the encoder with the head this many epochs (0: the classic frozen encoder)")
     parser.add_argument("--project", type=Path, help="compare with this project's labelling model on its split")
     parser.add_argument("--crops-sample", type=int, default=400, help="with --project: crops labelled by both (seeded)")
+    parser.add_argument("--canvas", type=float, nargs="+", default=[1.0, 0.5], metavar="SIDE",
+                        help="with --project: ours labels each crop placed in a frame, the crop this fraction of its side "
+                             "(1: the crop alone, as the classic sees it; 0.5: a face at a photo's scale)")
     args = parser.parse_args()
     weights = str(resolve_path(f"../shared/weights/mobilenet_{'2_5' if args.alpha == 0.25 else '7_5'}_224_tf_no_top.h5"))
     if args.project:
