@@ -39,9 +39,10 @@ def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), c
     """
     power = FACE_WEIGHT_POWER[face_weights]
     channels = target_channels(len(classes), centres, face_weights).total
-    x = np.stack([to_model_input(s.image, size) for s in samples]) if samples else np.zeros((0, size, size, 3), np.uint8)
-    y = []
-    for s in samples:
+    x = np.empty((len(samples), size, size, 3), np.uint8)  # filled in place: one copy of the split, not two
+    y = np.empty((len(samples), size, size, channels), np.float32)
+    for k, s in enumerate(samples):
+        x[k] = to_model_input(s.image, size)
         cores = scale_boxes(s.boxes, core_scale)
         planes = [_resized(boxes_to_mask(cores, s.height, s.width), size)]
         planes += [_resized(boxes_to_mask(cores[[label == c for label in s.labels]], s.height, s.width), size) for c in classes]
@@ -49,8 +50,8 @@ def to_arrays(samples: list[Sample], size: int, classes: tuple[str, ...] = (), c
             planes += list(centre_targets(s.boxes, cores, s.height, s.width, size))
         if power is not None:
             planes.append(_resized(face_weight_map(cores, s.height, s.width, size, power), size))
-        y.append(np.stack(planes, axis=-1))
-    return x, np.stack(y) if y else np.zeros((0, size, size, channels), np.float32)
+        y[k] = np.stack(planes, axis=-1)
+    return x, y
 
 
 def target_channels(n_classes: int, centres: bool = False, face_weights: str = "none") -> Channels:
@@ -108,22 +109,25 @@ def examples(samples: Sequence[Sample], size: int, classes: tuple[str, ...] = ()
     """The split's model inputs and targets: built once and held in memory, or, with `stream`, built from
     one sample per call (a `load_samples(..., lazy=True)` split then reads one image file per call, so
     memory stays flat however large the split; every epoch decodes and resizes again). Both give the
-    same examples for the same index. A sample listed several times (a source's `repeat`) is held once."""
+    same examples for the same index. A sample listed several times (a source's `repeat`) is held once,
+    in numpy: TensorFlow copies one example per call, never the whole split (a tensor would double it)."""
     import tensorflow as tf
 
     layout = target_channels(len(classes), centres, face_weights)
     channels = layout.total
     log_sizes = tuple(range(channels)[layout.log_sizes]) if centres else ()
-    if not stream:
+    if stream:
+        def prepare(i):
+            x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights, centres)
+            return x[0], y[0]
+    else:
         held = {id(s): s for s in samples}  # one copy of each distinct sample, in first-seen order
         row = {key: k for k, key in enumerate(held)}
-        x, y = (tf.constant(a) for a in to_arrays(list(held.values()), size, classes, core_scale, face_weights, centres))
-        rows = tf.constant([row[id(s)] for s in samples], tf.int64)
-        return Examples(lambda i: (tf.gather(x, rows[i]), tf.gather(y, rows[i])), len(samples), size, log_sizes)
+        x, y = to_arrays(list(held.values()), size, classes, core_scale, face_weights, centres)
+        rows = np.array([row[id(s)] for s in samples], np.int64)
 
-    def prepare(i):
-        x, y = to_arrays([samples[int(i)]], size, classes, core_scale, face_weights, centres)
-        return x[0], y[0]
+        def prepare(i):
+            return x[rows[i]], y[rows[i]]
 
     def load(i):
         image, target = tf.numpy_function(prepare, [i], (tf.uint8, tf.float32), stateful=False)
