@@ -41,6 +41,20 @@ def test_onnx_predicts_what_keras_predicts_at_any_size_and_batch(exported):
     assert not list(path.parent.glob(".*partial*"))  # written beside, then renamed
 
 
+def test_every_upsampling_is_one_resize_with_constant_scales(exported):
+    """What makes the file fast: ONNX Runtime keeps a Resize with constant scales in its blocked layout; the
+    converter's own forms (Tile chains, a transposed convolution) leave it."""
+    import onnx
+
+    graph = onnx.load(str(exported[1])).graph
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 6  # four decoder steps, the face and the class maps
+    for node in resizes:
+        assert len(node.input) == 3 and constants[node.input[2]].tolist() == [1, 1, 2, 2]
+    assert not {"Tile", "ConvTranspose"} & {n.op_type for n in graph.node}
+
+
 def test_the_file_carries_its_serving_settings(exported, tmp_path):
     _, path = exported
     assert OnnxModel(path).serving_config(str(path)) == CONFIG
