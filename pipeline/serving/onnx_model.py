@@ -114,7 +114,7 @@ def _resize_friendly(model):
 
 def _constant_scales(graph) -> None:
     """Give every Resize node the constant scales (1, 1, 2, 2) in place of the sizes the converter computes
-    from the input's shape (every Resize here comes from `_Resize2x`). Only constant scales let ONNX Runtime
+    from the input's shape (every Resize here comes from `_resize_friendly`). Only constant scales let ONNX Runtime
     run it in its blocked layout. Nearest becomes `asymmetric` + `floor`: for exactly x2, each output pixel
     reads the input pixel it read before."""
     from onnx import numpy_helper
