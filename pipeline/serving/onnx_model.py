@@ -140,6 +140,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
         options.inter_op_num_threads = 1  # one graph branch at a time: the U-Net is a chain
+        # idle threads sleep: spinning ones take the cores a served request needs for decoding and postprocessing
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
