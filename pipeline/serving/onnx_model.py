@@ -76,7 +76,7 @@ def _resize_friendly(model):
     """`model` with each x2 upsampling layer replaced by a TensorFlow resize (half-pixel centres, the same map),
     which the converter writes as one ONNX Resize node where UpSampling2D gives Tile chains and
     BilinearUpsample2x a transposed convolution. Every other layer, and so every weight, is shared, not copied.
-    Models without such layers, and models that are not Keras graphs, are returned as they are."""
+    Anything but a Keras model is returned as it is."""
     import keras
     import tensorflow as tf
 
@@ -90,16 +90,7 @@ def _resize_friendly(model):
         def call(self, x):
             return tf.image.resize(x, tf.shape(x)[1:3] * 2, method=self.interpolation)
 
-        def compute_output_shape(self, input_shape):
-            return BilinearUpsample2x.compute_output_shape(self, input_shape)
-
-    def layers_of(m):
-        for layer in getattr(m, "layers", []):
-            yield layer
-            yield from layers_of(layer)
-
-    swapped = (keras.layers.UpSampling2D, BilinearUpsample2x)
-    if not isinstance(model, keras.Model) or not any(isinstance(x, swapped) for x in layers_of(model)):
+    if not isinstance(model, keras.Model):
         return model
 
     def swap(layer):
