@@ -19,3 +19,22 @@ def test_a_table_without_dice_is_refused_by_name(tmp_path):
     pd.DataFrame({"p50_ms": [50.0]}).to_csv(path, index=False)
     with pytest.raises(SystemExit, match="serving.csv: not a bench.quality table"):
         cv_quality(str(path))
+
+
+def test_the_label_comparison_is_paired_on_the_same_boxes():
+    """Classic minus ours on the same found faces: the same labels differ by nothing on every draw;
+    one face labelled better moves macro-F1 and mAP up, and the interval holds the full-set difference."""
+    import numpy as np
+
+    from bench.mask_baseline import compare_labels
+
+    classes = ("incorrect", "with_mask", "without_mask")
+    boxes = [np.array([[0, 0, 10, 10, 0.9], [20, 0, 30, 10, 0.8]], np.float32) for _ in range(6)]
+    truth = ([b[:, :4] for b in boxes], [["incorrect", "with_mask"]] * 3 + [["without_mask", "with_mask"]] * 3)
+    ours = [[("with_mask", 0.9), ("with_mask", 0.9)]] + [[(t[0], 0.9), (t[1], 0.9)] for t in truth[1][1:]]
+    same = compare_labels(boxes, ours, ours, truth, classes, resamples=50, seed=0)
+    assert same == {"map50": (0.0, 0.0, 0.0), "macro_f1": (0.0, 0.0, 0.0)}
+    right = [[(t[0], 0.9), (t[1], 0.9)] for t in truth[1]]  # the classic gets the first image's incorrect face
+    better = compare_labels(boxes, ours, right, truth, classes, resamples=50, seed=0)
+    for d, lo, hi in better.values():
+        assert d > 0 and lo <= d <= hi

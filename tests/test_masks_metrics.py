@@ -10,6 +10,7 @@ from pipeline.evaluation.metrics import (
     mask_iou,
     mask_wearing_report,
     match_boxes,
+    paired_bootstrap,
     size_bucket,
 )
 
@@ -135,6 +136,24 @@ def test_mask_wearing_report_by_hand():
     nothing, confusion = mask_wearing_report([np.zeros((0, 5))], [[]], true_boxes[:1], true_labels[:1], classes)
     assert nothing["macro_f1"] == 0.0 and nothing["map50"] == 0.0 and confusion.sum() == 0  # no face found
     assert "ap50_incorrect" not in nothing  # no test face of that class: no AP for it
+
+
+def test_paired_bootstrap_interval_of_a_difference():
+    """Both methods are scored on the same resampled items: a constant difference has no spread, a
+    difference that is one item's luck has an interval reaching 0, and the draws are seeded."""
+    a = np.linspace(0.2, 0.9, 40)
+
+    def mean_difference(b):
+        return lambda idx: {"d": float(b[idx].mean() - a[idx].mean())}
+
+    d, lo, hi = paired_bootstrap(mean_difference(a + 0.1), 40, ["d"], n_resamples=200)["d"]
+    assert (d, lo, hi) == pytest.approx((0.1, 0.1, 0.1))  # paired: the items' own spread cancels
+    lucky = a.copy()
+    lucky[7] += 4.0  # one item decides the difference
+    d, lo, hi = paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200)["d"]
+    assert d == pytest.approx(0.1) and lo == 0.0 and lo < d < hi
+    assert paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200, seed=3) == \
+        paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200, seed=3)
 
 
 def test_each_face_takes_the_class_most_probable_over_its_face_pixels():
