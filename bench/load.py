@@ -1,6 +1,6 @@
 """Load: many keep-alive clients against `mlflow models serve`, with hostile requests mixed in.
 
-    python -m bench.load [--model models:/face-segmenter@champion] [--requests 400] [--clients 16]
+    python -m bench.load [--model models:/face-segmenter@champion] [--requests 400] [--clients 16] [--rounds 1]
 
 Starts the server on a free 127.0.0.1 port, then sends `--requests` requests of one 640x480
 JPEG from `--clients` threads, each with its own keep-alive session. Every `--hostile-every`-th
@@ -57,20 +57,26 @@ def main() -> None:
     parser.add_argument("--model", default="models:/face-segmenter@champion")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="send the requests this many times, the server's memory read after each (does it level off?)")
     parser.add_argument("--hostile-every", type=int, default=20, help="every Nth request is the 16 x 4096^2 PNG one (0: none)")
     args = parser.parse_args()
     good, hostile = request_body(photos(1), None), hostile_body()
     expected = {"photo": 200, "hostile": 400}
     bodies = [("hostile", hostile) if args.hostile_every and (i + 1) % args.hostile_every == 0 else ("photo", good)
               for i in range(args.requests)]
+    mib = lambda n: f"{n / 2**20:.0f} MiB"  # noqa: E731
+    tables = []
     with scoring_server(args.model, tracking_uri()) as server:
         before = server.memory()
-        start = time.perf_counter()
-        table = run_load(server.url, bodies, args.clients)
-        wall = time.perf_counter() - start
-        after = server.memory()
-    print(f"model {args.model}: {args.requests} requests from {args.clients} keep-alive clients in {wall:.1f} s "
-          f"({args.requests / wall:.1f} requests/s)")
+        for k in range(args.rounds):
+            start = time.perf_counter()
+            tables.append(run_load(server.url, bodies, args.clients))
+            wall = time.perf_counter() - start
+            after = server.memory()
+            print(f"model {args.model}, round {k + 1}: {args.requests} requests from {args.clients} keep-alive clients in "
+                  f"{wall:.1f} s ({args.requests / wall:.1f} requests/s); server RSS {mib(after['rss'])}, peak {mib(after['peak_rss'])}")
+    table = pd.concat(tables)
     rows = []
     for kind, group in table.groupby("kind"):
         ms = 1000 * group["seconds"]
@@ -78,7 +84,6 @@ def main() -> None:
                      "unexpected status": int((group["status"] != expected[kind]).sum()),
                      "p50_ms": ms.median(), "p95_ms": ms.quantile(0.95), "p99_ms": ms.quantile(0.99)})
     print(pd.DataFrame(rows).round(1).to_string(index=False))
-    mib = lambda n: f"{n / 2**20:.0f} MiB"  # noqa: E731
     print(f"server memory: RSS {mib(before['rss'])} before, {mib(after['rss'])} after; "
           f"peak {mib(before['peak_rss'])} before, {mib(after['peak_rss'])} after")
 
