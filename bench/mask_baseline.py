@@ -254,8 +254,9 @@ def compare_on_project(project: Path, args, weights: str) -> None:
 
 def compare_labels(boxes: list[np.ndarray], ours: list[list], classic: list[list], truth: tuple[list, list],
                    classes: tuple[str, ...], resamples: int, seed: int) -> dict[str, tuple[float, float, float]]:
-    """Classic minus ours in mAP@0.5 and macro-F1 on the same boxes, with the paired bootstrap's interval over the
-    test images (`paired_bootstrap`): 13 `incorrect` faces in a test split make a few faces a large difference."""
+    """Classic minus ours in mAP@0.5 and macro-F1 on the same boxes (those AP ranks: the served ones for a model
+    without centres), with the paired bootstrap's interval over the test images (`paired_bootstrap`): with 13
+    `incorrect` faces in a test split, a few faces make a large difference."""
     def difference(idx: np.ndarray) -> dict[str, float]:
         (a, _), (b, _) = (mask_wearing_report(*([x[i] for i in idx] for x in (boxes, labels, *truth)), classes)
                           for labels in (ours, classic))

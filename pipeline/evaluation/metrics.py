@@ -197,8 +197,8 @@ def paired_bootstrap(score: Callable[[np.ndarray], dict[str, float]], n_items: i
 
     `score(indices)` returns, for the items (images) at `indices`, each key's difference B - A of
     the two methods scored on exactly those items. Both are scored on the same resampled images
-    (a paired bootstrap, as detection papers compare two models on one benchmark), so the spread
-    left is what the images' draw explains. Returns per key (difference on all items, low, high):
+    (the paired bootstrap used to compare two systems on one test set), so the spread left is what
+    the images' draw explains. Returns per key (difference on all items, low, high):
     the `level` percentile interval of `n_resamples` draws with replacement (seeded). A margin is
     clear when the interval excludes 0.
     """
