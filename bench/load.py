@@ -61,6 +61,8 @@ def main() -> None:
                         help="send the requests this many times, the server's memory read after each (does it level off?)")
     parser.add_argument("--hostile-every", type=int, default=20, help="every Nth request is the 16 x 4096^2 PNG one (0: none)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     good, hostile = request_body(photos(1), None), hostile_body()
     expected = {"photo": 200, "hostile": 400}
     bodies = [("hostile", hostile) if args.hostile_every and (i + 1) % args.hostile_every == 0 else ("photo", good)

@@ -258,11 +258,13 @@ def compare_labels(boxes: list[np.ndarray], ours: list[list], classic: list[list
     without centres), with the paired bootstrap's interval over the test images (`paired_bootstrap`): with 13
     `incorrect` faces in a test split, a few faces make a large difference."""
     def difference(idx: np.ndarray) -> dict[str, float]:
-        (a, _), (b, _) = (mask_wearing_report(*([x[i] for i in idx] for x in (boxes, labels, *truth)), classes)
-                          for labels in (ours, classic))
+        def report(labels: list[list]) -> dict:
+            return mask_wearing_report(*([x[i] for i in idx] for x in (boxes, labels, *truth)), classes)[0]
+
+        a, b = report(ours), report(classic)
         return {k: b[k] - a[k] for k in ("map50", "macro_f1")}
 
-    return paired_bootstrap(difference, len(boxes), ("map50", "macro_f1"), resamples, seed)
+    return paired_bootstrap(difference, len(boxes), resamples, seed)
 
 
 def on_canvas(image: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:

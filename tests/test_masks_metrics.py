@@ -146,14 +146,14 @@ def test_paired_bootstrap_interval_of_a_difference():
     def mean_difference(b):
         return lambda idx: {"d": float(b[idx].mean() - a[idx].mean())}
 
-    d, lo, hi = paired_bootstrap(mean_difference(a + 0.1), 40, ["d"], n_resamples=200)["d"]
+    d, lo, hi = paired_bootstrap(mean_difference(a + 0.1), 40, n_resamples=200)["d"]
     assert (d, lo, hi) == pytest.approx((0.1, 0.1, 0.1))  # paired: the items' own spread cancels
     lucky = a.copy()
     lucky[7] += 4.0  # one item decides the difference
-    d, lo, hi = paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200)["d"]
+    d, lo, hi = paired_bootstrap(mean_difference(lucky), 40, n_resamples=200)["d"]
     assert d == pytest.approx(0.1) and lo == 0.0 and lo < d < hi
-    assert paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200, seed=3) == \
-        paired_bootstrap(mean_difference(lucky), 40, ["d"], n_resamples=200, seed=3)
+    assert paired_bootstrap(mean_difference(lucky), 40, n_resamples=200, seed=3) == \
+        paired_bootstrap(mean_difference(lucky), 40, n_resamples=200, seed=3)
 
 
 def test_each_face_takes_the_class_most_probable_over_its_face_pixels():

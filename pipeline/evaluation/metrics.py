@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -191,14 +191,14 @@ def _ratio(num: float, den: float) -> float:
     return 1.0 if den == 0 else float(num / den)
 
 
-def paired_bootstrap(score: Callable[[np.ndarray], dict[str, float]], n_items: int, keys: Sequence[str],
-                     n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+def paired_bootstrap(score: Callable[[np.ndarray], dict[str, float]], n_items: int, n_resamples: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
     """How far a difference between two methods on one test set could be the test set's luck.
 
     `score(indices)` returns, for the items (images) at `indices`, each key's difference B - A of
     the two methods scored on exactly those items. Both are scored on the same resampled images
     (the paired bootstrap used to compare two systems on one test set), so the spread left is what
-    the images' draw explains. Returns per key (difference on all items, low, high):
+    the images' draw explains. Returns per key of `score` (difference on all items, low, high):
     the `level` percentile interval of `n_resamples` draws with replacement (seeded). A margin is
     clear when the interval excludes 0.
     """
@@ -206,4 +206,4 @@ def paired_bootstrap(score: Callable[[np.ndarray], dict[str, float]], n_items: i
     full = score(np.arange(n_items))
     draws = [score(rng.integers(0, n_items, n_items)) for _ in range(n_resamples)]
     tail = 100 * (1 - level) / 2
-    return {k: (full[k], *np.percentile([d[k] for d in draws], [tail, 100 - tail]).tolist()) for k in keys}
+    return {k: (v, *np.percentile([d[k] for d in draws], [tail, 100 - tail]).tolist()) for k, v in full.items()}
