@@ -16,6 +16,7 @@ test time it labels the boxes the project's model finds, with the served setting
 checked) and the scoring (`mask_wearing_report`: mAP@0.5 with detection score x label score,
 macro-F1 on found faces). No face-detector weights exist offline (the classic projects used
 OpenCV's SSD), so the detector is ours for both; what differs is how a face gets its label.
+It also prints the detector's ceiling: the mAP of those boxes with every matched face's true class.
 Without it, three measurements, each printed with its cost:
 - scenes -> scenes: trained on the train split's faces of facemask-scenes, tested on its test split
   (the pipeline's seeded split, stratified by class), 3 classes;
@@ -49,7 +50,7 @@ from pipeline.data.formats import (
 from pipeline.data.masks import label_faces
 from pipeline.data.split import split_dataset
 from pipeline.evaluation.evaluate import decode_faces, evaluate
-from pipeline.evaluation.metrics import mask_wearing_report, paired_bootstrap
+from pipeline.evaluation.metrics import mask_wearing_report, match_pairs, paired_bootstrap
 from pipeline.io import read_json
 from pipeline.model.inference import predict_probs
 
@@ -228,6 +229,8 @@ def compare_on_project(project: Path, args, weights: str) -> None:
         print(f"| {name} | {m['map50']:.3f} | {per_class} | {m['macro_f1']:.3f} | {m['label_accuracy']:.3f} | {cost} |")
         print(f"  confusion on found faces (rows true {list(classes)}): {np.asarray(m['confusion']).tolist()}")
     ours_labels = [labels for _, _, labels in ours_ranked]
+    print(f"the detector's ceiling: mAP@0.5 {true_label_map(ranked, ours_labels, truth, classes):.3f} with the true class "
+          f"for every face it matches (ranked by detection score alone): what perfect labels on these boxes would score")
     margin = compare_labels(ranked, ours_labels, classic_ranked, truth, classes, args.resamples, seed)
     print(f"classic - ours on the same test images ({args.resamples} paired bootstrap draws of its {len(test)} images, "
           f"95% interval; a clear margin excludes 0): " + "; ".join(
@@ -265,6 +268,20 @@ def compare_labels(boxes: list[np.ndarray], ours: list[list], classic: list[list
         return {k: b[k] - a[k] for k in ("map50", "macro_f1")}
 
     return paired_bootstrap(difference, len(boxes), resamples, seed)
+
+
+def true_label_map(boxes: list[np.ndarray], labels: list[list], truth: tuple[list, list], classes: tuple[str, ...]) -> float:
+    """mAP@0.5 of these boxes if every one that matches a labelled face (IoU 0.5) said that face's class; the others
+    keep their `labels`. All are ranked by detection score alone (a true class has no score of its own): how much
+    of the gap to a perfect mAP is the detector's, whatever labels it is given."""
+    oracle = []
+    for b, found, true_boxes, true_labels in zip(boxes, labels, *truth, strict=True):
+        named = [(label, 1.0) for label, _ in found]
+        for i, j in match_pairs(b, true_boxes):
+            if true_labels[j] is not None:
+                named[i] = (true_labels[j], 1.0)
+        oracle.append(named)
+    return mask_wearing_report(boxes, oracle, *truth, classes)[0]["map50"]
 
 
 def on_canvas(image: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:

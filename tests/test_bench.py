@@ -38,3 +38,20 @@ def test_the_label_comparison_is_paired_on_the_same_boxes():
     better = compare_labels(boxes, ours, right, truth, classes, resamples=50, seed=0)
     for d, lo, hi in better.values():
         assert d > 0 and lo <= d <= hi
+
+
+def test_true_label_map_scores_the_detector_alone():
+    """Right labels on every matched box give the detector's AP; a false box still costs its class; no box, no AP."""
+    import numpy as np
+
+    from bench.mask_baseline import true_label_map
+
+    classes = ("with_mask", "without_mask")
+    truth = ([np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)], [["with_mask", "without_mask"]])
+    found = [np.array([[0, 0, 10, 10, 0.9], [20, 0, 30, 10, 0.8]], np.float32)]
+    wrong = [[("without_mask", 0.6), ("with_mask", 0.6)]]
+    assert true_label_map(found, wrong, truth, classes) == 1.0
+    stray = [np.array([[0, 0, 10, 10, 0.9], [50, 50, 60, 60, 0.95], [20, 0, 30, 10, 0.8]], np.float32)]
+    half = true_label_map(stray, [[("with_mask", 0.6), ("with_mask", 0.9), ("with_mask", 0.6)]], truth, classes)
+    assert half == 0.75  # with_mask: its one face ranked second after a false box (AP 0.5); without_mask 1.0
+    assert true_label_map([np.zeros((0, 5), np.float32)], [[]], truth, classes) == 0.0
