@@ -141,6 +141,7 @@ class TrainConfig:
     ensemble: int
     class_weights: Literal["balanced", "sqrt", "none"]
     face_weights: Literal["none", "balanced", "sqrt"]  # each face's loss weight: by its area (none) or all alike
+    class_background: float  # weight of the class channels' loss off faces (towards no class): 0 = face pixels only
     augment: AugmentConfig
 
     def __post_init__(self):
@@ -156,6 +157,7 @@ class TrainConfig:
         _check(max(self.member_epochs) > 0 or self.warmup_epochs > 0, "train",
                "warmup_epochs and finetune_epochs are both 0: nothing to train")
         _check(0 <= self.ema_momentum < 1, "train.ema_momentum", "must be in [0, 1)")
+        _check(self.class_background >= 0, "train.class_background", "must be >= 0 (0: class loss on face pixels only)")
         _check(not self.use_val or self.patience == 0, "train.patience",
                "must be 0 with train.use_val: the val images are trained on, so their dice cannot stop training")
 

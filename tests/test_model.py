@@ -130,6 +130,25 @@ def test_class_loss_counts_only_faces_with_a_known_class():
     assert FaceAndClassLoss.from_config(loss.get_config()).class_weights == [1.0, 3.0]
 
 
+def test_class_background_pulls_the_classes_to_uniform_off_faces():
+    """With `background` the pixels off faces add its weight x the KL divergence of their class
+    probabilities from uniform (mean over those pixels): nothing when uniform, log(k / 2) for a pixel
+    sure of 2 of k classes; face pixels (labelled or not) add nothing more."""
+    from pipeline.model.losses import FaceAndClassLoss
+
+    y_true = np.zeros((1, 4, 4, 4), np.float32)
+    y_true[0, :2, :2, 0] = 1  # a face without a class; the other 12 pixels are off faces
+    y_pred = np.full((1, 4, 4, 4), 1 / 3, np.float32)
+    plain = float(FaceAndClassLoss("bce_dice", [1.0, 1.0, 1.0])(y_true, y_pred))
+    loss = FaceAndClassLoss("bce_dice", [1.0, 1.0, 1.0], background=0.5)
+    assert float(loss(y_true, y_pred)) == pytest.approx(plain, rel=1e-5)  # uniform off faces: no loss
+    y_pred[0, 2:, :, 1:] = [0.5, 0.5, 1e-9]  # 8 of the 12 pixels off faces sure of two classes
+    y_pred[0, :2, :2, 1:] = [1.0, 1e-9, 1e-9]  # the unlabelled face: no class loss, whatever it says
+    expected = plain + 0.5 * 8 / 12 * (-np.mean(np.log([0.5, 0.5, 1e-7])) - np.log(3))
+    assert float(loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
+    assert FaceAndClassLoss.from_config(loss.get_config()).background == 0.5
+
+
 def test_face_weights_make_a_missed_small_face_cost_what_a_missed_large_one_does():
     """Without weights missing a 2 x 2 face costs a sixteenth of missing an 8 x 8 one; balanced weights (the
     target's last channel) make the two misses cost the same, for the cross-entropy and the dice alike."""

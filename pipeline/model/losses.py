@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from pipeline.data.masks import Channels
@@ -68,13 +69,17 @@ class FaceAndClassLoss(keras.losses.Loss):
     With `face_weights` the target's last channel is a per-pixel weight (`data.dataset.to_arrays`)
     that multiplies both terms: every face counts alike for finding and for labelling. With `centres`
     (`model.centres`) the three channels after the classes are CenterNet's: `centre_loss` adds to it.
+
+    With `background` > 0 the class channels also learn on the pixels off faces, towards equal
+    probabilities (the KL divergence from uniform, that weight times its mean there): a found box
+    that is no face then gets a low label score, which ranks it down in every class's AP.
     """
 
     def __init__(self, face_loss: str = "bce_dice", class_weights=(), face_weights: bool = False,
-                 centres: bool = False, name: str = "face_and_class", **kwargs):
+                 centres: bool = False, background: float = 0.0, name: str = "face_and_class", **kwargs):
         super().__init__(name=name, **kwargs)
         self.face_loss, self.class_weights = face_loss, [float(w) for w in class_weights]
-        self.face_weights, self.centres = bool(face_weights), bool(centres)
+        self.face_weights, self.centres, self.background = bool(face_weights), bool(centres), float(background)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -89,11 +94,17 @@ class FaceAndClassLoss(keras.losses.Loss):
         weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1) * pixel[..., 0]
         entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0)), axis=-1)
         labelled = ops.sum(target * pixel, axis=(1, 2, 3))
-        return loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
+        loss = loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
+        if not self.background:
+            return loss
+        off = (1.0 - y_true[..., 0]) * pixel[..., 0]
+        log_p = ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0))
+        from_uniform = -ops.mean(log_p, axis=-1) - float(np.log(ch.n_classes))
+        return loss + self.background * ops.sum(off * from_uniform, axis=(1, 2)) / (ops.sum(off, axis=(1, 2)) + 1e-6)
 
     def get_config(self):
         return {**super().get_config(), "face_loss": self.face_loss, "class_weights": self.class_weights,
-                "face_weights": self.face_weights, "centres": self.centres}
+                "face_weights": self.face_weights, "centres": self.centres, "background": self.background}
 
 
 def centre_loss(face, y_true, y_pred):
