@@ -92,13 +92,13 @@ class FaceAndClassLoss(keras.losses.Loss):
             return loss
         target = y_true[..., ch.classes]
         weight = ops.sum(target * ops.convert_to_tensor(self.class_weights, y_pred.dtype), axis=-1) * pixel[..., 0]
-        entropy = -ops.sum(target * ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0)), axis=-1)
+        log_p = ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0))
+        entropy = -ops.sum(target * log_p, axis=-1)
         labelled = ops.sum(target * pixel, axis=(1, 2, 3))
         loss = loss + ops.sum(weight * entropy, axis=(1, 2)) / (labelled + 1e-6)
         if not self.background:
             return loss
         off = (1.0 - y_true[..., 0]) * pixel[..., 0]
-        log_p = ops.log(ops.clip(y_pred[..., ch.classes], 1e-7, 1.0))
         from_uniform = -ops.mean(log_p, axis=-1) - float(np.log(ch.n_classes))
         return loss + self.background * ops.sum(off * from_uniform, axis=(1, 2)) / (ops.sum(off, axis=(1, 2)) + 1e-6)
 
