@@ -132,8 +132,8 @@ def test_class_loss_counts_only_faces_with_a_known_class():
 
 def test_class_background_pulls_the_classes_to_uniform_off_faces():
     """With `background` the pixels off faces add its weight x the KL divergence of their class
-    probabilities from uniform (mean over those pixels): nothing when uniform, log(k / 2) for a pixel
-    sure of 2 of k classes; face pixels (labelled or not) add nothing more."""
+    probabilities from uniform (mean over those pixels): nothing when uniform, much for a pixel sure of
+    two of three classes (the third probability clipped at 1e-7); face pixels (labelled or not) add nothing more."""
     from pipeline.model.losses import FaceAndClassLoss
 
     y_true = np.zeros((1, 4, 4, 4), np.float32)

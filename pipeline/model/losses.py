@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
-import numpy as np
 from keras import ops
 
 from pipeline.data.masks import Channels
@@ -99,7 +100,7 @@ class FaceAndClassLoss(keras.losses.Loss):
         if not self.background:
             return loss
         off = (1.0 - y_true[..., 0]) * pixel[..., 0]
-        from_uniform = -ops.mean(log_p, axis=-1) - float(np.log(ch.n_classes))
+        from_uniform = -ops.mean(log_p, axis=-1) - math.log(ch.n_classes)
         return loss + self.background * ops.sum(off * from_uniform, axis=(1, 2)) / (ops.sum(off, axis=(1, 2)) + 1e-6)
 
     def get_config(self):

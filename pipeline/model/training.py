@@ -130,7 +130,7 @@ def training_loss(cfg: TrainConfig, train: list[Sample], classes: tuple[str, ...
     if not classes and cfg.face_weights == "none" and not centres:
         return get_loss(cfg.loss)
     return FaceAndClassLoss(cfg.loss, class_weights(train, classes, cfg.class_weights), cfg.face_weights != "none", centres,
-                            cfg.class_background if classes else 0.0)
+                            cfg.class_background)
 
 
 def train_model(model_cfg: ModelConfig, cfg: TrainConfig, train: list[Sample], val: list[Sample],
